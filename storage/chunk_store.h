@@ -1,0 +1,156 @@
+// ChunkStore: the durable, content-addressed chunk store of a storage node.
+//
+// Chunks (EncodedChunk: SHA-256 id, codec, lengths, encoded bytes) are
+// appended to segment files under DIR/segments/ and indexed in RocksDB under
+// DIR/index/. The write order is: segment bytes written and fsynced (and the
+// directory fsynced for a new segment) -> index entries written with a synced
+// WAL -> Put() returns OK. After a crash the index is the truth; bytes past
+// the last indexed record of a segment are reclaimed on Open().
+//
+// Concurrent Put()/Delete() calls are group-committed: one caller becomes the
+// leader, writes every queued batch with one fsync and one index write batch,
+// and wakes the others. A failed write or fsync is never retried and trusted:
+// the segment is sealed (no more appends), the batch fails, and the caller may
+// retry, which writes the chunks to a new segment.
+//
+// Space comes back through compaction: a background thread (or CompactNow())
+// picks sealed segments whose live fraction is below a threshold, copies their
+// live records through the normal write path, switches the index entries that
+// still point at the old copies, and only then unlinks the old segment.
+//
+// Thread-safe. See docs/storage_format.md for the on-disk format.
+#ifndef SNAPBACK_STORAGE_CHUNK_STORE_H_
+#define SNAPBACK_STORAGE_CHUNK_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/codec.h"
+#include "common/hash.h"
+#include "storage/file_system.h"
+
+namespace snapback::storage {
+
+struct ChunkStoreOptions {
+  // File system for segment files. nullptr = DefaultFileSystem().
+  // Default: nullptr
+  std::shared_ptr<FileSystem> fs;
+  // A segment is sealed once it reaches this size; a new one is started.
+  // Default: 256 MiB
+  uint64_t segment_bytes = 256ull << 20;
+  // Write segments with O_DIRECT where the file system supports it.
+  // Default: true
+  bool direct_io = true;
+  // Decode every chunk and check SHA-256(raw) == id before storing it. Turn
+  // off only where the caller has just verified the same bytes.
+  // Default: true
+  bool verify_on_put = true;
+  // Largest amount of data one group commit writes before it syncs.
+  // Default: 64 MiB
+  uint64_t max_group_bytes = 64ull << 20;
+  // Sealed segments whose live bytes fall below this fraction of their size
+  // are compacted.
+  // Default: 0.5
+  double compaction_live_fraction = 0.5;
+  // Compaction copies at most this many bytes per second, in small batches
+  // through the same writer queue as Put(), so writers are never starved.
+  // Default: 128 MiB/s
+  uint64_t compaction_bytes_per_sec = 128ull << 20;
+  // Run compaction in a background thread, checking every
+  // compaction_interval and after deletes.
+  // Default: true
+  bool background_compaction = true;
+  // Default: 2 s
+  absl::Duration compaction_interval = absl::Seconds(2);
+};
+
+struct PutResult {
+  int stored = 0;           // chunks newly written
+  int already_present = 0;  // chunks the store already had (not rewritten)
+  uint64_t bytes_written = 0;
+};
+
+struct ChunkStoreStats {
+  uint64_t chunks = 0;           // live chunks in the index
+  uint64_t raw_bytes = 0;        // sum of their raw (decoded) lengths
+  uint64_t encoded_bytes = 0;    // sum of their encoded lengths
+  uint64_t live_bytes = 0;       // bytes of live records on disk (with headers)
+  uint64_t file_bytes = 0;       // bytes of all segment files
+  uint64_t segments = 0;
+  uint64_t puts = 0;             // chunks stored since Open()
+  uint64_t dedup_hits = 0;       // chunks put that were already present
+  uint64_t group_commits = 0;    // fsync+index batches since Open()
+  uint64_t compactions = 0;      // segments compacted since Open()
+  uint64_t compacted_bytes = 0;  // bytes copied by compaction since Open()
+  std::string io_mode;           // e.g. "io_uring+O_DIRECT"
+};
+
+// Progress of a scrub: chunks checked so far out of a total.
+using ScrubProgress = std::function<void(uint64_t done, uint64_t total)>;
+
+struct ScrubResult {
+  uint64_t checked = 0;
+  std::vector<std::pair<ChunkId, absl::Status>> bad;  // chunks that failed
+};
+
+class ChunkStore {
+ public:
+  // Opens (creating if needed) the store in `dir`. Reclaims bytes past the
+  // last indexed record and removes segments nothing points to.
+  // FAILED_PRECONDITION when the index is corrupt (never silently repaired:
+  // acknowledged chunks must not disappear); the message says what to do.
+  static absl::StatusOr<std::unique_ptr<ChunkStore>> Open(const std::string& dir,
+                                                          ChunkStoreOptions options = {});
+  // Stops compaction and closes the index; does not wait for anything else.
+  ~ChunkStore();
+  ChunkStore(const ChunkStore&) = delete;
+  ChunkStore& operator=(const ChunkStore&) = delete;
+
+  // Stores `chunks`, returning OK only when every one is durable (or was
+  // already present). With verify_on_put, a chunk that fails verification
+  // fails the call (INVALID_ARGUMENT or DATA_LOSS) before anything is written.
+  // RESOURCE_EXHAUSTED on ENOSPC, UNAVAILABLE/INTERNAL on I/O errors; nothing
+  // of a failed batch is indexed.
+  absl::Status Put(absl::Span<const EncodedChunk> chunks, PutResult* result = nullptr);
+
+  // Reads chunks; for each id: the chunk, NOT_FOUND, or DATA_LOSS when the
+  // stored record fails its checksum. The SHA-256 is not re-computed (the
+  // reader verifies it; see VerifyChunk()).
+  std::vector<absl::StatusOr<EncodedChunk>> Get(absl::Span<const ChunkId> ids);
+  absl::StatusOr<EncodedChunk> GetOne(const ChunkId& id);
+
+  // For each id, whether the store has it.
+  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids);
+
+  // Removes chunks from the index (durably); absent ids are ignored. Space is
+  // reclaimed later by compaction. Returns how many were present.
+  absl::StatusOr<int> Delete(absl::Span<const ChunkId> ids);
+
+  ChunkStoreStats Stats();
+
+  // Compacts every eligible segment now (throttled as configured). Returns
+  // the number of segments compacted.
+  absl::StatusOr<int> CompactNow();
+
+  // Reads and fully verifies (checksum, decode, SHA-256) every live chunk.
+  ScrubResult Scrub(const ScrubProgress& progress = nullptr);
+
+  const std::string& dir() const;
+
+  class Impl;
+
+ private:
+  explicit ChunkStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace snapback::storage
+
+#endif  // SNAPBACK_STORAGE_CHUNK_STORE_H_
