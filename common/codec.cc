@@ -42,7 +42,7 @@ std::string CodecName(Codec codec) {
   return absl::StrCat("unknown(", static_cast<int>(codec), ")");
 }
 
-absl::StatusOr<Codec> ParseCodec(std::string_view name) {
+absl::StatusOr<Codec> ParseCodec(absl::string_view name) {
   if (name == "none") return Codec::kNone;
   if (name == "zstd") return Codec::kZstd;
   if (name == "shuffle+zstd") return Codec::kShuffleZstd;

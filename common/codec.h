@@ -15,7 +15,7 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,7 +33,7 @@ enum class Codec : uint8_t {
 // "none", "zstd", "shuffle+zstd"; "unknown(N)" otherwise.
 std::string CodecName(Codec codec);
 // Parses the names above. INVALID_ARGUMENT for anything else.
-absl::StatusOr<Codec> ParseCodec(std::string_view name);
+absl::StatusOr<Codec> ParseCodec(absl::string_view name);
 // True for the values of the enum above.
 bool IsKnownCodec(uint32_t value);
 

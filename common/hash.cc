@@ -14,7 +14,7 @@ std::string ChunkId::ToHex() const {
   return absl::BytesToHexString(AsBytes());
 }
 
-absl::StatusOr<ChunkId> ChunkId::FromBytes(std::string_view raw) {
+absl::StatusOr<ChunkId> ChunkId::FromBytes(absl::string_view raw) {
   ChunkId id;
   if (raw.size() != id.bytes.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -24,7 +24,7 @@ absl::StatusOr<ChunkId> ChunkId::FromBytes(std::string_view raw) {
   return id;
 }
 
-absl::StatusOr<ChunkId> ChunkId::FromHex(std::string_view hex) {
+absl::StatusOr<ChunkId> ChunkId::FromHex(absl::string_view hex) {
   if (hex.size() != 64) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk id must be 64 hex characters, got ", hex.size()));

@@ -9,7 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -25,14 +25,14 @@ struct ChunkId {
   // The first 12 hex characters, for log lines.
   std::string ShortHex() const { return ToHex().substr(0, 12); }
   // The 32 bytes as a string (for keys and wire fields).
-  std::string_view AsBytes() const {
+  absl::string_view AsBytes() const {
     return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
   }
 
   // Parses 32 raw bytes. INVALID_ARGUMENT when the length is not 32.
-  static absl::StatusOr<ChunkId> FromBytes(std::string_view raw);
+  static absl::StatusOr<ChunkId> FromBytes(absl::string_view raw);
   // Parses 64 hex characters. INVALID_ARGUMENT otherwise.
-  static absl::StatusOr<ChunkId> FromHex(std::string_view hex);
+  static absl::StatusOr<ChunkId> FromHex(absl::string_view hex);
 
   friend bool operator==(const ChunkId&, const ChunkId&) = default;
   friend auto operator<=>(const ChunkId&, const ChunkId&) = default;

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
@@ -78,7 +78,7 @@ class FileSystem {
   // A named point in a multi-step protocol (e.g. "segment.after_sync"). The
   // real file system returns OK; a fault-injecting one may return an error
   // to simulate a crash there, and the caller must then stop the operation.
-  virtual absl::Status CrashPoint(std::string_view name) {
+  virtual absl::Status CrashPoint(absl::string_view name) {
     (void)name;
     return absl::OkStatus();
   }
@@ -113,7 +113,7 @@ std::shared_ptr<FileSystem> DefaultFileSystem();
 // Maps errno to a status whose code says what to do: ENOSPC ->
 // RESOURCE_EXHAUSTED, ENOENT -> NOT_FOUND, EACCES -> PERMISSION_DENIED,
 // else INTERNAL/UNAVAILABLE; the message names the call, path and error.
-absl::Status ErrnoToStatus(int err, std::string_view what, std::string_view path);
+absl::Status ErrnoToStatus(int err, absl::string_view what, absl::string_view path);
 
 // An aligned, owned byte buffer for direct I/O.
 class AlignedBuffer {
