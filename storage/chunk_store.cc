@@ -166,21 +166,26 @@ absl::Status ChunkStore::Impl::Open() {
   db_options.paranoid_checks = true;
   // The default (kPointInTimeRecovery) stops replaying the WAL at the first
   // corrupt record and silently drops every entry after it: acknowledged
-  // chunks would vanish. Every index write here is synced before it is
-  // acknowledged, so the only legitimate damage is an incomplete record at
-  // the tail (a write that was never acknowledged); anything else must stop
-  // the open and call for an operator.
-  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
-  db_options.max_background_jobs = 2;
-  db_options.keep_log_file_num = 4;
+  // chunks would vanish. kTolerateCorruptedTailRecords does the same with a
+  // record damaged mid-log (RocksDB cannot tell it from a torn tail; see
+  // chunk_store_crash_test), so by default the index opens with
+  // kAbsoluteConsistency, which refuses any WAL damage and leaves the call to
+  // an operator. A SIGKILL cannot tear a synced WAL append (one write() into
+  // the page cache); only a power cut can, and then the operator may choose
+  // kDropTornTail for that one restart.
+  db_options.wal_recovery_mode =
+      options_.index_recovery == IndexRecovery::kDropTornTail
+          ? rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords
+          : rocksdb::WALRecoveryMode::kAbsoluteConsistency;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(db_options, dir_ + "/index", &db);
   if (!s.ok()) {
     if (s.IsCorruption()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "chunk index in ", dir_, "/index is corrupt (", s.ToString(),
-          "); refusing to open rather than drop acknowledged chunks: restore the data dir "
-          "from a replica or run rocksdb repair by hand"));
+          "); refusing to open rather than drop acknowledged chunks. Restore the data dir "
+          "from a replica; only if this node lost power, restart once with "
+          "--index-recovery=drop-torn-tail to drop an incomplete last WAL record"));
     }
     return FromRocks(s, "open");
   }

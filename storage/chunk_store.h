@@ -38,6 +38,17 @@
 
 namespace snapback::storage {
 
+// What Open() does with a damaged index WAL.
+enum class IndexRecovery {
+  // Refuse to open on any WAL damage (RocksDB kAbsoluteConsistency): no
+  // acknowledged chunk can silently disappear.
+  kStrict,
+  // Drop an incomplete record at the end of the WAL and open (RocksDB
+  // kTolerateCorruptedTailRecords). Only after a power cut: RocksDB cannot
+  // tell a torn tail from a record damaged mid-log, and drops from there on.
+  kDropTornTail,
+};
+
 struct ChunkStoreOptions {
   // File system for segment files. nullptr = DefaultFileSystem().
   // Default: nullptr
@@ -69,6 +80,8 @@ struct ChunkStoreOptions {
   bool background_compaction = true;
   // Default: 2 s
   absl::Duration compaction_interval = absl::Seconds(2);
+  // Default: kStrict
+  IndexRecovery index_recovery = IndexRecovery::kStrict;
 };
 
 struct PutResult {
