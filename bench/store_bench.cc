@@ -41,10 +41,11 @@ struct Flags {
 };
 
 [[noreturn]] void Usage(const std::string& why) {
-  std::fprintf(stderr,
-               "store_bench: %s\nusage: store_bench [--dir DIR] [--mib N] [--chunk-mib N] "
-               "[--threads N] [--reps N] [--batch N] [--io auto|io_uring|pwrite]\n",
-               why.c_str());
+  std::fprintf(
+      stderr,
+      "store_bench: %s\nusage: store_bench [--dir DIR] [--mib N] [--chunk-mib N] "
+      "[--threads N] [--reps N] [--batch N] [--io auto|io_uring|pwrite]\n",
+      why.c_str());
   std::exit(2);
 }
 
@@ -62,19 +63,30 @@ Flags Parse(int argc, char** argv) {
       if (!absl::SimpleAtoi(v, &n) || n == 0) Usage(a + " needs a positive number");
       return n;
     };
-    if (a == "--dir") f.dir = value();
-    else if (a == "--mib") f.mib = number();
-    else if (a == "--chunk-mib") f.chunk_mib = number();
-    else if (a == "--threads") f.threads = static_cast<int>(number());
-    else if (a == "--reps") f.reps = static_cast<int>(number());
-    else if (a == "--batch") f.batch = static_cast<int>(number());
+    if (a == "--dir")
+      f.dir = value();
+    else if (a == "--mib")
+      f.mib = number();
+    else if (a == "--chunk-mib")
+      f.chunk_mib = number();
+    else if (a == "--threads")
+      f.threads = static_cast<int>(number());
+    else if (a == "--reps")
+      f.reps = static_cast<int>(number());
+    else if (a == "--batch")
+      f.batch = static_cast<int>(number());
     else if (a == "--io") {
       std::string v = value();
-      if (v == "auto") f.engine = IoEngine::kAuto;
-      else if (v == "io_uring") f.engine = IoEngine::kIoUring;
-      else if (v == "pwrite") f.engine = IoEngine::kPwrite;
-      else Usage("--io is auto, io_uring or pwrite");
-    } else Usage("unknown flag " + a);
+      if (v == "auto")
+        f.engine = IoEngine::kAuto;
+      else if (v == "io_uring")
+        f.engine = IoEngine::kIoUring;
+      else if (v == "pwrite")
+        f.engine = IoEngine::kPwrite;
+      else
+        Usage("--io is auto, io_uring or pwrite");
+    } else
+      Usage("unknown flag " + a);
   }
   return f;
 }
@@ -98,7 +110,8 @@ std::pair<double, double> RawWriteRead(FileSystem* fs, const std::string& dir,
   std::string path = dir + "/raw.bin";
   auto file = fs->Open(path, {.write = true, .create = true, .direct_io = true});
   Die(file.status(), "open raw file");
-  if (!(*file)->direct_io()) std::fprintf(stderr, "warning: O_DIRECT refused; raw is buffered\n");
+  if (!(*file)->direct_io())
+    std::fprintf(stderr, "warning: O_DIRECT refused; raw is buffered\n");
   size_t chunk = chunks[0].data.size();
   AlignedBuffer buf(AlignUp(chunk));
   uint64_t off = 0;
@@ -178,18 +191,20 @@ int Main(int argc, char** argv) {
   bool own_dir = dir.empty();
   if (own_dir) {
     std::string tmpl = std::filesystem::current_path().string() + "/.bench-XXXXXX";
-    if (mkdtemp(tmpl.data()) == nullptr) Usage("cannot create a scratch dir here; pass --dir");
+    if (mkdtemp(tmpl.data()) == nullptr)
+      Usage("cannot create a scratch dir here; pass --dir");
     dir = tmpl;
   }
   auto fs = NewPosixFileSystem({.engine = f.engine});
   Die(fs.status(), "file system");
   const size_t chunk = f.chunk_mib << 20;
   const size_t n = std::max<uint64_t>(1, (f.mib << 20) / chunk);
-  std::printf("store_bench: %zu chunks of %llu MiB (%llu MiB), %d writer/reader threads, "
-              "%d chunks per Put, median of %d runs, dir %s\n",
-              n, static_cast<unsigned long long>(f.chunk_mib),
-              static_cast<unsigned long long>(n * f.chunk_mib), f.threads, f.batch, f.reps,
-              dir.c_str());
+  std::printf(
+      "store_bench: %zu chunks of %llu MiB (%llu MiB), %d writer/reader threads, "
+      "%d chunks per Put, median of %d runs, dir %s\n",
+      n, static_cast<unsigned long long>(f.chunk_mib),
+      static_cast<unsigned long long>(n * f.chunk_mib), f.threads, f.batch, f.reps,
+      dir.c_str());
 
   struct Workload {
     const char* name;
@@ -198,7 +213,9 @@ int Main(int argc, char** argv) {
   };
   const Workload workloads[] = {
       {"fp32 random, codec none", false, {.codec = Codec::kNone}},
-      {"bf16 weights, shuffle+zstd", true, {.codec = Codec::kShuffleZstd, .element_size = 2}},
+      {"bf16 weights, shuffle+zstd",
+       true,
+       {.codec = Codec::kShuffleZstd, .element_size = 2}},
   };
   std::printf("\n%-30s %-26s %10s %10s %8s\n", "workload", "path", "MB/s", "raw MB/s",
               "ratio");
@@ -239,7 +256,8 @@ int Main(int argc, char** argv) {
       raw_r.push_back(raw_times.second);
       st_w.push_back(last.write_s);
       st_r.push_back(last.read_s);
-      st_wv.push_back(StoreWriteRead(*fs, dir + "/store", chunks, f.threads, f.batch, true).write_s);
+      st_wv.push_back(
+          StoreWriteRead(*fs, dir + "/store", chunks, f.threads, f.batch, true).write_s);
     }
     const double mb = encoded / 1e6;
     // The disk's speed drifts between runs (a shared virtual disk here), so
@@ -255,14 +273,16 @@ int Main(int argc, char** argv) {
     row("store write (Put)", st_w, raw_w);
     row("store write + verify", st_wv, raw_w);
     row("store read (Get)", st_r, raw_r);
-    std::printf("%-30s logical %.0f MB, encoded %.0f MB (ratio %.2f), on disk %.0f MB, %s\n",
-                "", logical / 1e6, encoded / 1e6, static_cast<double>(logical) / encoded,
-                last.file_bytes / 1e6, last.io_mode.c_str());
+    std::printf(
+        "%-30s logical %.0f MB, encoded %.0f MB (ratio %.2f), on disk %.0f MB, %s\n", "",
+        logical / 1e6, encoded / 1e6, static_cast<double>(logical) / encoded,
+        last.file_bytes / 1e6, last.io_mode.c_str());
   }
-  std::printf("\nratio = median over runs of (raw time / store time) within a run. "
-              "MB/s are of encoded bytes (what reaches the disk). raw = sequential "
-              "O_DIRECT writes (+ one fdatasync) and reads of the same bytes through the same "
-              "File code. 'verify' adds the decode + SHA-256 check every server does.\n");
+  std::printf(
+      "\nratio = median over runs of (raw time / store time) within a run. "
+      "MB/s are of encoded bytes (what reaches the disk). raw = sequential "
+      "O_DIRECT writes (+ one fdatasync) and reads of the same bytes through the same "
+      "File code. 'verify' adds the decode + SHA-256 check every server does.\n");
   if (own_dir) std::filesystem::remove_all(dir);
   return 0;
 }

@@ -126,9 +126,8 @@ absl::Status DecodeChunk(const EncodedChunk& chunk, absl::Span<char> out) {
                                                    chunk.raw_length, " bytes"));
   }
   if (chunk.raw_length > kMaxChunkRawBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("raw length ", chunk.raw_length,
-                                                   " exceeds the limit of ",
-                                                   kMaxChunkRawBytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "raw length ", chunk.raw_length, " exceeds the limit of ", kMaxChunkRawBytes));
   }
   switch (chunk.codec) {
     case Codec::kNone:
@@ -143,8 +142,9 @@ absl::Status DecodeChunk(const EncodedChunk& chunk, absl::Span<char> out) {
     case Codec::kShuffleZstd:
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown codec ", static_cast<int>(chunk.codec), "; use none, zstd or shuffle+zstd"));
+      return absl::InvalidArgumentError(absl::StrCat("unknown codec ",
+                                                     static_cast<int>(chunk.codec),
+                                                     "; use none, zstd or shuffle+zstd"));
   }
   const bool shuffle = chunk.codec == Codec::kShuffleZstd;
   if (shuffle && !ValidElementSize(chunk.element_size)) {
@@ -176,8 +176,8 @@ absl::Status DecodeChunk(const EncodedChunk& chunk, absl::Span<char> out) {
     return absl::DataLossError(absl::StrCat("zstd: ", ZSTD_getErrorName(n)));
   }
   if (n != chunk.raw_length) {
-    return absl::DataLossError(absl::StrCat("zstd produced ", n, " bytes, expected ",
-                                            chunk.raw_length));
+    return absl::DataLossError(
+        absl::StrCat("zstd produced ", n, " bytes, expected ", chunk.raw_length));
   }
   if (shuffle) ByteUnshuffle(tmp, chunk.element_size, out);
   return absl::OkStatus();
@@ -185,8 +185,9 @@ absl::Status DecodeChunk(const EncodedChunk& chunk, absl::Span<char> out) {
 
 absl::Status VerifyChunk(const EncodedChunk& chunk, std::string* scratch) {
   if (!IsKnownCodec(static_cast<uint32_t>(chunk.codec))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown codec ", static_cast<int>(chunk.codec), "; use none, zstd or shuffle+zstd"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown codec ",
+                                                   static_cast<int>(chunk.codec),
+                                                   "; use none, zstd or shuffle+zstd"));
   }
   absl::Span<const char> raw;
   if (chunk.codec == Codec::kNone) {
@@ -198,9 +199,8 @@ absl::Status VerifyChunk(const EncodedChunk& chunk, std::string* scratch) {
     raw = chunk.data;
   } else {
     if (chunk.raw_length > kMaxChunkRawBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("raw length ", chunk.raw_length,
-                                                     " exceeds the limit of ",
-                                                     kMaxChunkRawBytes));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "raw length ", chunk.raw_length, " exceeds the limit of ", kMaxChunkRawBytes));
     }
     scratch->resize(chunk.raw_length);
     SNAPBACK_RETURN_IF_ERROR(DecodeChunk(chunk, absl::MakeSpan(*scratch)));
@@ -208,9 +208,9 @@ absl::Status VerifyChunk(const EncodedChunk& chunk, std::string* scratch) {
   }
   ChunkId actual = Sha256(raw);
   if (actual != chunk.id) {
-    return absl::DataLossError(absl::StrCat("chunk ", chunk.id.ShortHex(),
-                                            ": SHA-256 of the bytes is ", actual.ShortHex(),
-                                            "; the bytes are corrupt or the id is wrong"));
+    return absl::DataLossError(
+        absl::StrCat("chunk ", chunk.id.ShortHex(), ": SHA-256 of the bytes is ",
+                     actual.ShortHex(), "; the bytes are corrupt or the id is wrong"));
   }
   return absl::OkStatus();
 }

@@ -15,10 +15,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "common/hash.h"
 
@@ -57,7 +57,7 @@ struct EncodeOptions {
 
 // A chunk as stored and sent: identity, codec, lengths, encoded bytes.
 struct EncodedChunk {
-  ChunkId id;              // SHA-256 of the raw (decoded) bytes
+  ChunkId id;  // SHA-256 of the raw (decoded) bytes
   Codec codec = Codec::kNone;
   uint8_t element_size = 1;  // shuffle width used by kShuffleZstd, else 1
   uint32_t raw_length = 0;   // decoded length

@@ -10,9 +10,7 @@
 
 namespace snapback {
 
-std::string ChunkId::ToHex() const {
-  return absl::BytesToHexString(AsBytes());
-}
+std::string ChunkId::ToHex() const { return absl::BytesToHexString(AsBytes()); }
 
 absl::StatusOr<ChunkId> ChunkId::FromBytes(absl::string_view raw) {
   ChunkId id;
@@ -39,7 +37,8 @@ absl::StatusOr<ChunkId> ChunkId::FromHex(absl::string_view hex) {
 
 ChunkId Sha256(absl::Span<const char> data) {
   ChunkId id;
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), id.bytes.data());
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+         id.bytes.data());
   return id;
 }
 

@@ -11,16 +11,17 @@
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing
 // function when it is not OK.
-#define SNAPBACK_RETURN_IF_ERROR(expr)                 \
-  do {                                                 \
-    ::absl::Status snapback_status_ = (expr);          \
+#define SNAPBACK_RETURN_IF_ERROR(expr)                   \
+  do {                                                   \
+    ::absl::Status snapback_status_ = (expr);            \
     if (!snapback_status_.ok()) return snapback_status_; \
   } while (0)
 
 // `SNAPBACK_ASSIGN_OR_RETURN(auto x, Foo());` evaluates an absl::StatusOr<T>,
 // returns its status when not OK, and otherwise moves the value into `lhs`.
-#define SNAPBACK_ASSIGN_OR_RETURN(lhs, expr) \
-  SNAPBACK_ASSIGN_OR_RETURN_IMPL_(SNAPBACK_CONCAT_(snapback_statusor_, __LINE__), lhs, expr)
+#define SNAPBACK_ASSIGN_OR_RETURN(lhs, expr)                                           \
+  SNAPBACK_ASSIGN_OR_RETURN_IMPL_(SNAPBACK_CONCAT_(snapback_statusor_, __LINE__), lhs, \
+                                  expr)
 
 #define SNAPBACK_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
   auto statusor = (expr);                                    \

@@ -91,11 +91,11 @@ struct PutResult {
 };
 
 struct ChunkStoreStats {
-  uint64_t chunks = 0;           // live chunks in the index
-  uint64_t raw_bytes = 0;        // sum of their raw (decoded) lengths
-  uint64_t encoded_bytes = 0;    // sum of their encoded lengths
-  uint64_t live_bytes = 0;       // bytes of live records on disk (with headers)
-  uint64_t file_bytes = 0;       // bytes of all segment files
+  uint64_t chunks = 0;         // live chunks in the index
+  uint64_t raw_bytes = 0;      // sum of their raw (decoded) lengths
+  uint64_t encoded_bytes = 0;  // sum of their encoded lengths
+  uint64_t live_bytes = 0;     // bytes of live records on disk (with headers)
+  uint64_t file_bytes = 0;     // bytes of all segment files
   uint64_t segments = 0;
   uint64_t puts = 0;             // chunks stored since Open()
   uint64_t dedup_hits = 0;       // chunks put that were already present

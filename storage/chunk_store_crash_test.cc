@@ -23,8 +23,8 @@ using testing::MakeChunk;
 using testing::TempDir;
 
 const std::vector<std::string> kCrashPoints = {
-    "segment.after_create", "put.after_write",      "put.after_sync",
-    "put.after_dir_sync",   "put.after_index",      "compact.after_switch",
+    "segment.after_create", "put.after_write", "put.after_sync",
+    "put.after_dir_sync",   "put.after_index", "compact.after_switch",
     "compact.after_unlink"};
 
 std::shared_ptr<FileSystem> Posix(IoEngine engine) {
@@ -59,22 +59,26 @@ void CheckStore(ChunkStore* store, const std::map<ChunkId, EncodedChunk>& acked,
   for (const ChunkId& id : acked_deleted) {
     auto has = store->Has({id});
     ASSERT_TRUE(has.ok());
-    ASSERT_FALSE((*has)[0]) << context << ": deleted chunk " << id.ShortHex() << " is back";
+    ASSERT_FALSE((*has)[0]) << context << ": deleted chunk " << id.ShortHex()
+                            << " is back";
   }
   ScrubResult scrub = store->Scrub();
-  ASSERT_TRUE(scrub.bad.empty()) << context << ": " << scrub.bad.size()
-                                 << " present chunks fail verification, first: "
-                                 << scrub.bad[0].second;
+  ASSERT_TRUE(scrub.bad.empty())
+      << context << ": " << scrub.bad.size()
+      << " present chunks fail verification, first: " << scrub.bad[0].second;
   ASSERT_GE(scrub.checked, acked.size()) << context;
 }
 
 TEST(ChunkStoreCrash, CrashAtEveryPointKeepsAcknowledgedChunks) {
   int iterations = 240;
-  if (const char* env = std::getenv("SNAPBACK_CRASH_ITERATIONS")) iterations = std::atoi(env);
+  if (const char* env = std::getenv("SNAPBACK_CRASH_ITERATIONS"))
+    iterations = std::atoi(env);
   uint64_t base_seed = std::random_device()();
-  if (const char* env = std::getenv("SNAPBACK_CRASH_SEED")) base_seed = std::strtoull(env, nullptr, 10);
-  std::printf("crash test: %d iterations, base seed %llu (rerun with SNAPBACK_CRASH_SEED)\n",
-              iterations, static_cast<unsigned long long>(base_seed));
+  if (const char* env = std::getenv("SNAPBACK_CRASH_SEED"))
+    base_seed = std::strtoull(env, nullptr, 10);
+  std::printf(
+      "crash test: %d iterations, base seed %llu (rerun with SNAPBACK_CRASH_SEED)\n",
+      iterations, static_cast<unsigned long long>(base_seed));
   std::map<std::string, int> crashes_at;
 
   for (int iter = 0; iter < iterations; ++iter) {
@@ -84,8 +88,8 @@ TEST(ChunkStoreCrash, CrashAtEveryPointKeepsAcknowledgedChunks) {
     const bool torn = rng() % 2;
     const bool direct = rng() % 2;
     const IoEngine engine = rng() % 2 ? IoEngine::kIoUring : IoEngine::kPwrite;
-    const std::string context = absl::StrCat("iteration ", iter, " seed ", seed, " point ",
-                                             point, torn ? " torn" : "");
+    const std::string context = absl::StrCat("iteration ", iter, " seed ", seed,
+                                             " point ", point, torn ? " torn" : "");
     SCOPED_TRACE(context);
     TempDir dir;
     auto fault = std::make_shared<FaultInjectionFileSystem>(Posix(engine));
@@ -108,8 +112,9 @@ TEST(ChunkStoreCrash, CrashAtEveryPointKeepsAcknowledgedChunks) {
           int n = 1 + static_cast<int>(rng() % 4);
           for (int i = 0; i < n; ++i) {
             size_t size = 1 + rng() % (48 << 10);
-            batch.push_back(MakeChunk(size, rng(), rng() % 2,
-                                      {.codec = rng() % 2 ? Codec::kNone : Codec::kZstd}));
+            batch.push_back(
+                MakeChunk(size, rng(), rng() % 2,
+                          {.codec = rng() % 2 ? Codec::kNone : Codec::kZstd}));
           }
           const bool ok = store->Put(batch).ok();
           for (auto& c : batch) {
@@ -188,7 +193,8 @@ TEST_P(ChunkStoreIoError, NoAckNoCorruptionAndRetryWritesElsewhere) {
     if (ec.err == ENOSPC) {
       EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
     }
-    EXPECT_FALSE(*std::move(store->Has({c.id})).value().begin()) << "failed put is indexed";
+    EXPECT_FALSE(*std::move(store->Has({c.id})).value().begin())
+        << "failed put is indexed";
   }
   ASSERT_TRUE(hit) << "the injected fault was never reached";
   // Earlier data is intact.
@@ -207,15 +213,15 @@ TEST_P(ChunkStoreIoError, NoAckNoCorruptionAndRetryWritesElsewhere) {
   CheckStore(reopened->get(), acked, {}, ec.name);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AtEverySyncSite, ChunkStoreIoError,
-    ::testing::Values(ErrorCase{FsOp::kWrite, EIO, "WriteEIO"},
-                      ErrorCase{FsOp::kWrite, ENOSPC, "WriteENOSPC"},
-                      ErrorCase{FsOp::kSync, EIO, "SyncEIO"},
-                      ErrorCase{FsOp::kSync, ENOSPC, "SyncENOSPC"},
-                      ErrorCase{FsOp::kSyncDir, EIO, "SyncDirEIO"},
-                      ErrorCase{FsOp::kOpenCreate, ENOSPC, "CreateENOSPC"}),
-    [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(AtEverySyncSite, ChunkStoreIoError,
+                         ::testing::Values(ErrorCase{FsOp::kWrite, EIO, "WriteEIO"},
+                                           ErrorCase{FsOp::kWrite, ENOSPC, "WriteENOSPC"},
+                                           ErrorCase{FsOp::kSync, EIO, "SyncEIO"},
+                                           ErrorCase{FsOp::kSync, ENOSPC, "SyncENOSPC"},
+                                           ErrorCase{FsOp::kSyncDir, EIO, "SyncDirEIO"},
+                                           ErrorCase{FsOp::kOpenCreate, ENOSPC,
+                                                     "CreateENOSPC"}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 TEST(ChunkStoreIndex, CorruptWalRefusesToOpenInsteadOfDroppingChunks) {
   TempDir dir;
@@ -246,7 +252,8 @@ TEST(ChunkStoreIndex, CorruptWalRefusesToOpenInsteadOfDroppingChunks) {
   auto store = ChunkStore::Open(dir.path(), SmallStore(Posix(IoEngine::kAuto), true));
   ASSERT_FALSE(store.ok()) << "opened with a corrupt WAL; chunks indexed: "
                            << (*store)->Stats().chunks << " of " << chunks.size();
-  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition)
+      << store.status();
   EXPECT_NE(store.status().message().find("corrupt"), absl::string_view::npos);
 }
 

@@ -49,8 +49,8 @@ TEST_P(ChunkStoreTest, UsesTheRequestedIoPath) {
   auto store = OpenStore(Options());
   ASSERT_TRUE(store->Put({MakeChunk(10000, 1)}).ok());
   std::string mode = store->Stats().io_mode;
-  EXPECT_TRUE(absl::StartsWith(mode, GetParam().engine == IoEngine::kIoUring ? "io_uring"
-                                                                             : "pwrite"))
+  EXPECT_TRUE(absl::StartsWith(
+      mode, GetParam().engine == IoEngine::kIoUring ? "io_uring" : "pwrite"))
       << mode;
   EXPECT_EQ(absl::StrContains(mode, "O_DIRECT"), GetParam().direct_io) << mode;
 }
@@ -59,8 +59,9 @@ TEST_P(ChunkStoreTest, PutGetHasDelete) {
   auto store = OpenStore(Options());
   std::vector<EncodedChunk> chunks;
   for (int i = 0; i < 20; ++i) {
-    chunks.push_back(MakeChunk(1 + i * 7919, i, i % 2 == 0,
-                               {.codec = i % 3 == 0 ? Codec::kNone : Codec::kShuffleZstd}));
+    chunks.push_back(
+        MakeChunk(1 + i * 7919, i, i % 2 == 0,
+                  {.codec = i % 3 == 0 ? Codec::kNone : Codec::kShuffleZstd}));
   }
   PutResult r;
   ASSERT_TRUE(store->Put(chunks, &r).ok());

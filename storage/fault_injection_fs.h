@@ -82,7 +82,8 @@ class FaultInjectionFileSystem : public FileSystem {
   int crash_countdown_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int> point_hits_ ABSL_GUARDED_BY(mu_);
   std::map<FsOp, int> op_counts_ ABSL_GUARDED_BY(mu_);
-  std::map<FsOp, std::pair<int, int>> fail_at_ ABSL_GUARDED_BY(mu_);  // op -> (call, errno)
+  std::map<FsOp, std::pair<int, int>> fail_at_
+      ABSL_GUARDED_BY(mu_);  // op -> (call, errno)
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -126,7 +126,11 @@ class Ring {
 class PosixFile : public File {
  public:
   PosixFile(int fd, std::string path, bool direct, Ring* ring, uint64_t io_size)
-      : fd_(fd), path_(std::move(path)), direct_(direct), ring_(ring), io_size_(io_size) {}
+      : fd_(fd),
+        path_(std::move(path)),
+        direct_(direct),
+        ring_(ring),
+        io_size_(io_size) {}
   ~PosixFile() override { ::close(fd_); }
 
   absl::Status WriteAt(uint64_t offset, absl::Span<const char> data) override {
@@ -153,8 +157,8 @@ class PosixFile : public File {
         return ErrnoToStatus(errno, "pread", path_);
       }
       if (n == 0) {
-        return absl::OutOfRangeError(absl::StrCat("read past the end of ", path_, " at ",
-                                                  offset + done));
+        return absl::OutOfRangeError(
+            absl::StrCat("read past the end of ", path_, " at ", offset + done));
       }
       done += n;
     }
@@ -204,8 +208,10 @@ class PosixFileSystem : public FileSystem {
     int fd = -1;
     if (options.direct_io) {
       fd = ::open(path.c_str(), flags | O_DIRECT, 0644);
-      if (fd >= 0) direct = true;
-      else if (errno != EINVAL) return ErrnoToStatus(errno, "open", path);
+      if (fd >= 0)
+        direct = true;
+      else if (errno != EINVAL)
+        return ErrnoToStatus(errno, "open", path);
     }
     if (fd < 0) fd = ::open(path.c_str(), flags, 0644);
     if (fd < 0) return ErrnoToStatus(errno, "open", path);

@@ -40,7 +40,8 @@ std::string MakeBytes(size_t n, uint64_t seed, bool float_like) {
   return out;
 }
 
-EncodedChunk MakeChunk(size_t n, uint64_t seed, bool float_like, const EncodeOptions& options) {
+EncodedChunk MakeChunk(size_t n, uint64_t seed, bool float_like,
+                       const EncodeOptions& options) {
   auto chunk = EncodeChunk(MakeBytes(n, seed, float_like), options);
   if (!chunk.ok()) std::abort();
   return *std::move(chunk);

@@ -1,0 +1,219 @@
+// snapback-server: parses flags into ServerOptions and runs the Server until
+// SIGTERM or SIGINT. Exit codes: 0 after a clean shutdown, 1 when the server
+// cannot run, 2 for bad flags. Every failure is one line on stderr saying
+// what to do.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "server/server.h"
+#include "storage/file_system.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: snapback-server --data-dir DIR [--listen HOST:PORT] [--role storage]\n"
+    "         [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
+    "         [--allow-insecure-remote] [--segment-mb N] [--io auto|io_uring|pwrite]\n"
+    "         [--index-recovery strict|drop-torn-tail] [--ready-file PATH]\n"
+    "\n"
+    "  --data-dir DIR         where chunks are stored (required; created if missing)\n"
+    "  --listen HOST:PORT     address to serve on (default 127.0.0.1:7420; port 0 = "
+    "any)\n"
+    "  --role ROLE            storage, or empty for every role (coordinator: later)\n"
+    "  --tls-cert/--tls-key   serve TLS with this PEM certificate chain and key\n"
+    "  --tls-client-ca FILE   require client certificates signed by this CA (mTLS)\n"
+    "  --allow-insecure-remote  allow plaintext on a non-loopback address\n"
+    "  --segment-mb N         segment file size in MiB (default 256)\n"
+    "  --io MODE              segment writes: auto (io_uring, else pwrite), io_uring, "
+    "pwrite\n"
+    "  --index-recovery MODE  strict (default): refuse to open a damaged index WAL;\n"
+    "                         drop-torn-tail: drop an incomplete last WAL record, only\n"
+    "                         after a power cut (see docs/storage_format.md)\n"
+    "  --ready-file PATH      write the bound port to PATH once serving\n";
+
+[[noreturn]] void BadFlag(const std::string& message) {
+  std::fprintf(stderr, "snapback-server: %s (see --help)\n", message.c_str());
+  std::exit(2);
+}
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::fprintf(stderr, "snapback-server: %s\n", message.c_str());
+  std::exit(1);
+}
+
+struct Flags {
+  snapback::server::ServerOptions options;
+  std::string io = "auto";
+  std::string ready_file;
+};
+
+Flags ParseFlags(int argc, char** argv) {
+  Flags flags;
+  flags.options.listen = "127.0.0.1:7420";
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (arg.substr(0, 2) != "--") {
+      BadFlag(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    std::string name(arg.substr(2));
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (name == "allow-insecure-remote") {
+      if (has_value && value != "true" && value != "false") {
+        BadFlag("--allow-insecure-remote takes no value (or =true/=false)");
+      }
+      flags.options.allow_insecure_remote = !has_value || value == "true";
+      continue;
+    }
+    static constexpr const char* kValueFlags[] = {
+        "data-dir",      "listen",     "role", "tls-cert",  "tls-key",
+        "tls-client-ca", "segment-mb", "io",   "ready-file"};
+    if (std::find(std::begin(kValueFlags), std::end(kValueFlags), name) ==
+        std::end(kValueFlags)) {
+      BadFlag(absl::StrCat("unknown flag --", name));
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) BadFlag(absl::StrCat("--", name, " needs a value"));
+      value = argv[++i];
+    }
+    if (name == "data-dir") {
+      flags.options.data_dir = value;
+    } else if (name == "listen") {
+      flags.options.listen = value;
+    } else if (name == "role") {
+      if (value == "coordinator") {
+        BadFlag(
+            "--role=coordinator is not available yet; use --role=storage or omit --role");
+      }
+      if (!value.empty() && value != "storage") {
+        BadFlag(absl::StrCat("unknown --role '", value, "'; use storage or omit it"));
+      }
+      flags.options.role = value;
+    } else if (name == "tls-cert") {
+      flags.options.tls_cert_file = value;
+    } else if (name == "tls-key") {
+      flags.options.tls_key_file = value;
+    } else if (name == "tls-client-ca") {
+      flags.options.tls_client_ca_file = value;
+    } else if (name == "segment-mb") {
+      uint64_t mb = 0;
+      if (!absl::SimpleAtoi(value, &mb) || mb < 1 || mb > (64u << 10)) {
+        BadFlag(
+            absl::StrCat("--segment-mb '", value, "' must be a size in MiB, 1..65536"));
+      }
+      flags.options.store.segment_bytes = mb << 20;
+    } else if (name == "io") {
+      if (value != "auto" && value != "io_uring" && value != "pwrite") {
+        BadFlag(absl::StrCat("--io '", value, "' must be auto, io_uring or pwrite"));
+      }
+      flags.io = value;
+    } else if (name == "index-recovery") {
+      if (value == "strict") {
+        flags.options.store.index_recovery = snapback::storage::IndexRecovery::kStrict;
+      } else if (value == "drop-torn-tail") {
+        flags.options.store.index_recovery =
+            snapback::storage::IndexRecovery::kDropTornTail;
+      } else {
+        BadFlag(absl::StrCat("--index-recovery '", value,
+                             "' must be strict or drop-torn-tail"));
+      }
+    } else if (name == "ready-file") {
+      flags.ready_file = value;
+    } else {
+      BadFlag(absl::StrCat("unknown flag --", name));
+    }
+  }
+  if (flags.options.data_dir.empty()) {
+    BadFlag("--data-dir is required: the directory where this node stores chunks");
+  }
+  return flags;
+}
+
+// Written to a temporary name and renamed, so a script polling for the file
+// never reads a partial port.
+bool WriteReadyFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return false;
+  const bool ok = std::fprintf(f, "%d\n", port) > 0;
+  if (std::fclose(f) != 0 || !ok) return false;
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the shutdown signals before any thread exists (gRPC starts some),
+  // so every thread inherits the mask and only sigwait() below sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Flags flags = ParseFlags(argc, argv);
+
+  snapback::storage::PosixFileSystemOptions fs_options;
+  if (flags.io == "io_uring") {
+    fs_options.engine = snapback::storage::IoEngine::kIoUring;
+  } else if (flags.io == "pwrite") {
+    fs_options.engine = snapback::storage::IoEngine::kPwrite;
+  }
+  auto fs = snapback::storage::NewPosixFileSystem(fs_options);
+  if (!fs.ok()) {
+    Fail(absl::StrCat("--io ", flags.io, ": ", fs.status().message(),
+                      "; use --io=auto to fall back to pwrite"));
+  }
+  flags.options.store.fs = *fs;
+
+  auto server = snapback::server::Server::Start(flags.options);
+  if (!server.ok()) Fail(std::string(server.status().message()));
+
+  std::printf("snapback-server listening on %s (data %s, io %s)\n",
+              (*server)->address().c_str(), flags.options.data_dir.c_str(),
+              (*server)->io_mode().c_str());
+  std::fflush(stdout);
+
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "snapback-server: %s, shutting down\n",
+                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    (*server)->Shutdown(absl::Seconds(10));
+  });
+
+  bool ready_ok = true;
+  if (!flags.ready_file.empty() && !WriteReadyFile(flags.ready_file, (*server)->port())) {
+    ready_ok = false;
+    std::fprintf(stderr, "snapback-server: cannot write --ready-file %s: %s\n",
+                 flags.ready_file.c_str(), std::strerror(errno));
+    // Wake the signal thread so the process shuts down the same way.
+    kill(getpid(), SIGTERM);
+  }
+
+  (*server)->Wait();
+  signal_thread.join();
+  server->reset();
+  return ready_ok ? 0 : 1;
+}

@@ -1,0 +1,191 @@
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "storage/file_system.h"
+
+namespace snapback::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    return storage::ErrnoToStatus(errno, absl::StrCat("reading ", what), path);
+  }
+  std::string out;
+  char buf[8192];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) return storage::ErrnoToStatus(EIO, absl::StrCat("reading ", what), path);
+  if (out.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is empty"));
+  }
+  return out;
+}
+
+// Splits "host:port" / "[v6]:port" into host and port text.
+bool SplitHostPort(const std::string& listen, std::string* host, std::string* port) {
+  if (!listen.empty() && listen[0] == '[') {
+    size_t close = listen.find(']');
+    if (close == std::string::npos || close + 1 >= listen.size() ||
+        listen[close + 1] != ':') {
+      return false;
+    }
+    *host = listen.substr(1, close - 1);
+    *port = listen.substr(close + 2);
+    return true;
+  }
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) return false;
+  *host = listen.substr(0, colon);
+  *port = listen.substr(colon + 1);
+  return true;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const ServerOptions& options) {
+  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (tls && (options.tls_cert_file.empty() || options.tls_key_file.empty())) {
+    return absl::InvalidArgumentError(
+        "TLS needs both a certificate and a key: pass --tls-cert and --tls-key");
+  }
+  if (!options.tls_client_ca_file.empty() && !tls) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca needs the server's own --tls-cert and --tls-key");
+  }
+  if (!tls) {
+    if (!options.allow_insecure_remote && !IsLoopbackListenAddress(options.listen)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "refusing to serve plaintext on ", options.listen,
+          ", which other machines can reach; pass --tls-cert and --tls-key (or "
+          "--allow-insecure-remote inside a trusted network), or listen on 127.0.0.1"));
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  SNAPBACK_ASSIGN_OR_RETURN(
+      std::string cert, ReadFile(options.tls_cert_file, "TLS certificate (--tls-cert)"));
+  SNAPBACK_ASSIGN_OR_RETURN(std::string key,
+                            ReadFile(options.tls_key_file, "TLS key (--tls-key)"));
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
+  if (!options.tls_client_ca_file.empty()) {
+    SNAPBACK_ASSIGN_OR_RETURN(
+        ssl.pem_root_certs,
+        ReadFile(options.tls_client_ca_file, "TLS client CA (--tls-client-ca)"));
+    ssl.client_certificate_request =
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+bool IsLoopbackListenAddress(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
+    return true;
+  }
+  std::string host, port;
+  if (!SplitHostPort(listen, &host, &port)) return false;
+  if (absl::AsciiStrToLower(host) == "localhost") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  }
+  in6_addr v6;
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;  // "", "0.0.0.0", "::", host names other than localhost
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  if (!options.role.empty() && options.role != "storage") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("role '", options.role,
+                     "' is not available yet; use --role=storage or omit --role"));
+  }
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "no data directory: pass --data-dir, the directory where chunks are stored");
+  }
+  if (options.listen.empty()) {
+    return absl::InvalidArgumentError("empty listen address; use HOST:PORT");
+  }
+  SNAPBACK_RETURN_IF_ERROR(ValidateLimits(options.limits));
+  // Before opening the store: a refused configuration must not touch disk.
+  SNAPBACK_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                            MakeCredentials(options));
+
+  std::unique_ptr<Server> server(new Server());
+  options.store.verify_on_put = false;  // the service verifies; see ServerOptions
+  SNAPBACK_ASSIGN_OR_RETURN(server->store_,
+                            storage::ChunkStore::Open(options.data_dir, options.store));
+  server->io_mode_ = server->store_->Stats().io_mode;
+
+  int verify_threads = options.verify_threads;
+  if (verify_threads <= 0) {
+    verify_threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  server->verify_pool_ = std::make_unique<ThreadPool>(verify_threads);
+  server->io_pool_ = std::make_unique<ThreadPool>(std::max(1, options.io_threads));
+  server->service_ = std::make_unique<StorageServiceImpl>(
+      server->store_.get(), server->verify_pool_.get(), server->io_pool_.get(),
+      options.limits);
+
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, credentials, &port);
+  builder.RegisterService(server->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.limits.max_frame_bytes));
+  // gRPC sets SO_REUSEPORT by default, which would let a second server bind
+  // the same port silently and split the traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen,
+        ": the address is invalid, not local, or in use; pick another --listen"));
+  }
+  server->port_ = port;
+  std::string host, port_text;
+  if (SplitHostPort(options.listen, &host, &port_text) &&
+      !absl::StartsWith(options.listen, "unix")) {
+    server->address_ = absl::StrCat(absl::StrContains(host, ':') ? "[" : "", host,
+                                    absl::StrContains(host, ':') ? "]" : "", ":", port);
+  } else {
+    server->address_ = options.listen;
+  }
+  return server;
+}
+
+Server::~Server() { Shutdown(); }
+
+void Server::Shutdown(absl::Duration grace) {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shutdown_done_.HasBeenNotified()) return;
+  if (grpc_server_ != nullptr) {
+    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  }
+  // Cancelled calls still finish their pool work (e.g. a Put waiting for
+  // fsync) before the pools and the store may go away.
+  if (service_ != nullptr) service_->WaitIdle();
+  shutdown_done_.Notify();
+}
+
+void Server::Wait() { shutdown_done_.WaitForNotification(); }
+
+}  // namespace snapback::server

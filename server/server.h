@@ -1,0 +1,138 @@
+// snapback::server::Server: a storage node as a library.
+//
+// Start() opens the chunk store in data_dir, starts the gRPC server with the
+// StorageService on `listen`, and returns once it is serving; main() only
+// turns flags into ServerOptions. Tests start servers on "127.0.0.1:0" and read
+// the bound port back with port().
+//
+// Roles: a snapback-server process will serve the "coordinator" role, the
+// "storage" role, or both (empty role: the embedded single-machine default).
+// Only the storage services exist so far, so "" and "storage" are accepted
+// and anything else fails with INVALID_ARGUMENT.
+//
+// Transport security: TLS when tls_cert_file/tls_key_file are set, and
+// mutual TLS (client certificates required and verified) when
+// tls_client_ca_file is set too. Plaintext is accepted only on a loopback
+// listen address (127.0.0.0/8, ::1, localhost, or a unix: socket) unless
+// allow_insecure_remote is set, so a node is never exposed unencrypted by
+// accident.
+//
+// Thread-safe: port() any time; Shutdown() and Wait() from any thread.
+#ifndef SNAPBACK_SERVER_SERVER_H_
+#define SNAPBACK_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "server/storage_service.h"
+#include "storage/chunk_store.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace snapback::server {
+
+struct ServerOptions {
+  // Directory of the chunk store (created if missing). Required.
+  // Default: "" (Start fails with INVALID_ARGUMENT)
+  std::string data_dir;
+  // HOST:PORT to listen on; port 0 picks a free port (see Server::port()).
+  // IPv6 hosts in brackets ("[::1]:7420"); "unix:/path" for a unix socket.
+  // Default: "127.0.0.1:0"
+  std::string listen = "127.0.0.1:0";
+  // Which services this process runs: "" (all, the embedded default) or
+  // "storage". "coordinator" arrives with the coordinator service.
+  // Default: ""
+  std::string role;
+  // PEM certificate chain and private key of this server. Both or neither.
+  // Default: "" (plaintext)
+  std::string tls_cert_file;
+  // Default: ""
+  std::string tls_key_file;
+  // PEM CA bundle; when set, clients must present a certificate it signed.
+  // Requires tls_cert_file/tls_key_file.
+  // Default: "" (no client certificates)
+  std::string tls_client_ca_file;
+  // Allow plaintext on a non-loopback address (e.g. inside a private,
+  // already-encrypted network). Without it Start fails with
+  // FAILED_PRECONDITION.
+  // Default: false
+  bool allow_insecure_remote = false;
+  // Per-call limits of the storage service.
+  // Default: see StorageLimits
+  StorageLimits limits;
+  // Chunk store options. verify_on_put is always turned off: the service
+  // verifies every chunk itself before it reaches the store, and verifying
+  // the same bytes twice would halve the node's write throughput.
+  // Default: see storage::ChunkStoreOptions
+  storage::ChunkStoreOptions store;
+  // Threads that decode and SHA-256 incoming chunks; 0 = one per core.
+  // Default: 0
+  int verify_threads = 0;
+  // Threads that make blocking ChunkStore calls (puts wait for fsync, so
+  // several must be in flight for group commit to batch them).
+  // Default: 4
+  int io_threads = 4;
+};
+
+class Server {
+ public:
+  // Validates `options`, opens the store and starts serving. Errors:
+  // INVALID_ARGUMENT for bad options; FAILED_PRECONDITION for plaintext on a
+  // non-loopback address (the message says to pass --tls-cert/--tls-key) or
+  // a store that cannot be opened as is; NOT_FOUND/PERMISSION_DENIED for
+  // unreadable TLS files; UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+
+  // Shuts down (see Shutdown()) and closes the store.
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The bound TCP port (0 for a unix socket).
+  int port() const { return port_; }
+  // `listen` with the bound port filled in, e.g. "127.0.0.1:40123".
+  const std::string& address() const { return address_; }
+  // How the store writes segments, e.g. "io_uring+O_DIRECT".
+  const std::string& io_mode() const { return io_mode_; }
+
+  // Stops accepting calls, lets calls in flight finish for up to `grace`,
+  // cancels the rest, and waits until every call and the store work it
+  // started is done. Idempotent; later calls return at once.
+  void Shutdown(absl::Duration grace = absl::Seconds(10));
+  // Blocks until Shutdown() has completed.
+  void Wait();
+
+  // The service, for tests (e.g. TEST_ActiveCalls()).
+  StorageServiceImpl* TEST_service() { return service_.get(); }
+
+ private:
+  Server() = default;
+
+  // Destruction order matters: gRPC server before the service it calls,
+  // service before the pools its calls use, pools before the store.
+  std::unique_ptr<storage::ChunkStore> store_;
+  std::unique_ptr<ThreadPool> verify_pool_;
+  std::unique_ptr<ThreadPool> io_pool_;
+  std::unique_ptr<StorageServiceImpl> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  int port_ = 0;
+  std::string address_;
+  std::string io_mode_;
+
+  absl::Mutex shutdown_mu_;  // serialises Shutdown()
+  absl::Notification shutdown_done_;
+};
+
+// True when `listen` (HOST:PORT, [V6]:PORT or unix:PATH) names only this
+// machine: 127.0.0.0/8, ::1, "localhost", or a unix socket. Exposed for tests.
+bool IsLoopbackListenAddress(const std::string& listen);
+
+}  // namespace snapback::server
+
+#endif  // SNAPBACK_SERVER_SERVER_H_

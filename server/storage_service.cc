@@ -1,0 +1,676 @@
+#include "server/storage_service.h"
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/codec.h"
+#include "common/grpc_status.h"
+#include "common/hash.h"
+
+namespace snapback::server {
+namespace {
+
+using snapback::v1::ChunkHeader;
+using snapback::v1::GetChunksRequest;
+using snapback::v1::GetChunksResponse;
+using snapback::v1::PutChunksRequest;
+using snapback::v1::PutChunksResponse;
+using Context = StorageServiceImpl::Context;
+
+// GetChunks reads ahead at most this many encoded bytes (plus one store
+// batch) so a large request cannot pin a node's memory.
+constexpr uint64_t kGetPrefetchBytes = 32ull << 20;
+// Ids per ChunkStore::Get call while streaming: enough for the store to
+// overlap reads, few enough to bound the read-ahead.
+constexpr size_t kGetFetchBatch = 4;
+
+bool ValidElementSize(uint32_t n) { return n == 1 || n == 2 || n == 4 || n == 8; }
+
+absl::StatusOr<ChunkId> ParseId(const std::string& bytes, absl::string_view where) {
+  if (bytes.size() != 32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": id is ", bytes.size(),
+        " bytes; a chunk id is the 32-byte SHA-256 of the chunk's raw bytes"));
+  }
+  return ChunkId::FromBytes(bytes);
+}
+
+absl::StatusOr<std::vector<ChunkId>> ParseIds(
+    const google::protobuf::RepeatedPtrField<std::string>& raw,
+    const StorageLimits& limits) {
+  if (raw.size() > limits.max_batch_chunks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request names ", raw.size(), " ids; the limit is ",
+                     limits.max_batch_chunks, "; split it into several requests"));
+  }
+  std::vector<ChunkId> ids;
+  ids.reserve(raw.size());
+  for (int i = 0; i < raw.size(); ++i) {
+    absl::StatusOr<ChunkId> id = ParseId(raw[i], absl::StrCat("ids[", i, "]"));
+    if (!id.ok()) return id.status();
+    ids.push_back(*id);
+  }
+  return ids;
+}
+
+// Prefixes `status` with where it happened, keeping its code.
+absl::Status Annotate(const absl::Status& status, absl::string_view where) {
+  return absl::Status(status.code(), absl::StrCat(where, ": ", status.message()));
+}
+
+// Reactors are deleted when both gRPC (OnDone) and every pool task they
+// started are finished with them; whichever lets go last deletes.
+template <typename Derived>
+class RefCounted {
+ protected:
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      delete static_cast<Derived*>(this);
+    }
+  }
+
+ private:
+  std::atomic<int> refs_{1};  // gRPC's reference, dropped in OnDone()
+};
+
+// ---------------------------------------------------------------------------
+// PutChunks: receive -> verify (verify_pool) -> store in batches (io_pool).
+//
+// Every gRPC operation (StartRead, Finish) is issued while holding mu_, from
+// the single decision point Advance(), so no two threads can disagree about
+// whether the call is finished. gRPC never runs reactions inline for this
+// reactor (InternalInlineable() is false), so holding mu_ there cannot
+// deadlock.
+class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
+                         public RefCounted<PutReactor> {
+ public:
+  PutReactor(const Context* c, grpc::CallbackServerContext* ctx,
+             PutChunksResponse* response)
+      : c_(c), ctx_(ctx), response_(response) {
+    c_->service->CallStarted();
+    absl::MutexLock lock(&mu_);
+    Advance();
+  }
+  ~PutReactor() override { c_->service->CallEnded(); }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    reading_ = false;
+    if (finished_) return;
+    if (!ok) {
+      eof_ = true;
+      if (ctx_->IsCancelled()) {
+        cancelled_ = true;
+      } else if (assembling_) {
+        Fail(absl::InvalidArgumentError(
+            absl::StrCat("stream ended in the middle of chunk ", chunks_ - 1, " (",
+                         current_.id.ShortHex(), "): got ", current_.data.size(), " of ",
+                         expected_, " encoded bytes; send every slice of a chunk")));
+      }
+    } else {
+      absl::Status status = HandleFrame();
+      if (!status.ok()) Fail(status);
+    }
+    Advance();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    stop_.store(true);
+    Advance();
+  }
+
+  void OnDone() override { Unref(); }
+
+ private:
+  // Chunks handed to the store together. A deque, so that a verify task can
+  // hold a pointer to its chunk while later chunks are appended.
+  struct Batch {
+    std::deque<EncodedChunk> chunks;
+    uint64_t bytes = 0;
+    int verifying = 0;  // verify tasks still running for these chunks
+  };
+
+  // Runs `fn` on `pool`, keeping the reactor alive and Advance() from
+  // finishing the call until it has run. `fn` must decrement tasks_.
+  void Spawn(ThreadPool* pool, std::function<void()> fn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++tasks_;
+    Ref();
+    pool->Schedule([this, fn = std::move(fn)] {
+      fn();
+      Unref();
+    });
+  }
+
+  void Fail(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (status_.ok()) status_ = std::move(status);
+    stop_.store(true);
+  }
+
+  absl::Status HandleFrame() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::string* slice = request_.mutable_data();
+    bytes_received_ += slice->size();
+    buffered_bytes_ += slice->size();
+    if (request_.has_header()) {
+      if (assembling_) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "chunk ", chunks_ - 1, " (", current_.id.ShortHex(),
+            "): a new header arrived after ", current_.data.size(), " of ", expected_,
+            " encoded bytes; send all of a chunk's slices before the next header"));
+      }
+      absl::Status status = StartChunk(request_.header());
+      if (!status.ok()) return status;
+    } else if (!assembling_) {
+      return absl::InvalidArgumentError(
+          "continuation frame without a chunk in progress; the first frame of every "
+          "chunk carries a header");
+    } else if (slice->empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", chunks_ - 1, ": empty continuation frame"));
+    }
+    std::string& data = current_.data;
+    if (data.size() + slice->size() > expected_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", chunks_ - 1, " (", current_.id.ShortHex(),
+                       "): slices add up to more than ", "encoded_length ", expected_,
+                       " (", data.size() + slice->size(), " bytes so far)"));
+    }
+    if (data.empty() && slice->size() == expected_) {
+      data = std::move(*slice);  // the common one-frame chunk: no copy
+    } else {
+      if (data.capacity() < expected_) data.reserve(expected_);
+      data.append(*slice);
+    }
+    if (data.size() == expected_) CompleteChunk();
+    return absl::OkStatus();
+  }
+
+  absl::Status StartChunk(const ChunkHeader& h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const StorageLimits& limits = c_->limits;
+    const int ordinal = chunks_;
+    if (ordinal >= limits.max_batch_chunks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("more than ", limits.max_batch_chunks,
+                       " chunks in one stream; split them over several PutChunks calls"));
+    }
+    absl::StatusOr<ChunkId> id = ParseId(h.id(), absl::StrCat("chunk ", ordinal));
+    if (!id.ok()) return id.status();
+    const std::string where = absl::StrCat("chunk ", ordinal, " (", id->ShortHex(), ")");
+    if (h.missing()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": 'missing' is only meaningful in GetChunks responses"));
+    }
+    if (!IsKnownCodec(h.codec())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": unknown codec ", h.codec(),
+                       "; use 0 (none), 1 (zstd) or 2 (shuffle+zstd)"));
+    }
+    if (!ValidElementSize(h.element_size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": element_size ", h.element_size(), " is not 1, 2, 4 or 8"));
+    }
+    if (h.raw_length() > limits.max_chunk_bytes ||
+        h.encoded_length() > limits.max_chunk_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": raw_length ", h.raw_length(), " / encoded_length ",
+                       h.encoded_length(), " exceeds the chunk limit of ",
+                       limits.max_chunk_bytes, " bytes; use smaller chunks"));
+    }
+    current_ = EncodedChunk{};
+    current_.id = *id;
+    current_.codec = static_cast<Codec>(h.codec());
+    current_.element_size = static_cast<uint8_t>(h.element_size());
+    current_.raw_length = h.raw_length();
+    expected_ = h.encoded_length();
+    assembling_ = true;
+    ++chunks_;
+    return absl::OkStatus();
+  }
+
+  void CompleteChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    assembling_ = false;
+    if (open_ == nullptr) open_ = std::make_unique<Batch>();
+    Batch* batch = open_.get();
+    batch->chunks.push_back(std::move(current_));
+    current_ = EncodedChunk{};
+    EncodedChunk* chunk = &batch->chunks.back();
+    batch->bytes += chunk->data.size();
+    ++batch->verifying;
+    const int ordinal = chunks_ - 1;
+    // The chunk is not touched by anyone else until its batch has finished
+    // verifying, so the task reads it without mu_.
+    Spawn(c_->verify_pool, [this, batch, chunk, ordinal] {
+      absl::Status status;
+      if (!stop_.load()) {
+        thread_local std::string scratch;  // decode buffer reused per thread
+        status = VerifyChunk(*chunk, &scratch);
+      }
+      absl::MutexLock lock(&mu_);
+      --tasks_;
+      --batch->verifying;
+      if (!status.ok()) {
+        Fail(Annotate(status, absl::StrCat("chunk ", ordinal, " (", chunk->id.ShortHex(),
+                                           ") rejected, nothing of it stored")));
+      }
+      Advance();
+    });
+    if (batch->bytes >= c_->limits.max_put_buffer_bytes) {
+      ready_.push_back(std::move(open_));
+    }
+  }
+
+  void StartPut() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    in_flight_ = std::move(ready_.front());
+    ready_.pop_front();
+    put_in_flight_ = true;
+    // in_flight_ is owned by the task until it clears put_in_flight_.
+    Spawn(c_->io_pool, [this] {
+      absl::Status status;
+      storage::PutResult result;
+      if (stop_.load() || ctx_->IsCancelled()) {
+        status = absl::CancelledError("call cancelled");
+      } else {
+        std::vector<EncodedChunk> chunks;
+        chunks.reserve(in_flight_->chunks.size());
+        for (EncodedChunk& chunk : in_flight_->chunks) chunks.push_back(std::move(chunk));
+        status = c_->store->Put(chunks, &result);
+      }
+      absl::MutexLock lock(&mu_);
+      --tasks_;
+      put_in_flight_ = false;
+      buffered_bytes_ -= in_flight_->bytes;
+      in_flight_.reset();
+      if (status.ok()) {
+        stored_ += result.stored;
+        already_present_ += result.already_present;
+        bytes_written_ += result.bytes_written;
+      } else {
+        Fail(Annotate(status, "storing chunks"));
+      }
+      Advance();
+    });
+  }
+
+  // The one place that decides what the call does next.
+  void Advance() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    if (!status_.ok() || cancelled_) {
+      // Finish only once no pool task still refers to the call's chunks, so
+      // that the status the client sees is final.
+      if (tasks_ == 0) {
+        FinishLocked(status_.ok() ? absl::CancelledError("PutChunks cancelled")
+                                  : status_);
+      }
+      return;
+    }
+    if (eof_ && open_ != nullptr) ready_.push_back(std::move(open_));
+    if (!put_in_flight_ && !ready_.empty() && ready_.front()->verifying == 0) StartPut();
+    // Backpressure: one batch being stored plus one being received.
+    if (!eof_ && !reading_ && buffered_bytes_ < 2 * c_->limits.max_put_buffer_bytes) {
+      reading_ = true;
+      StartRead(&request_);
+    }
+    if (eof_ && ready_.empty() && !put_in_flight_ && tasks_ == 0) {
+      response_->set_stored(stored_);
+      response_->set_already_present(already_present_);
+      response_->set_bytes_received(bytes_received_);
+      response_->set_bytes_written(bytes_written_);
+      FinishLocked(absl::OkStatus());
+    }
+  }
+
+  void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    finished_ = true;
+    stop_.store(true);
+    Finish(ToGrpcStatus(status));
+  }
+
+  const Context* const c_;
+  grpc::CallbackServerContext* const ctx_;
+  PutChunksResponse* const response_;
+  // Set when the call is failing or finished: pool tasks skip their work.
+  std::atomic<bool> stop_{false};
+
+  absl::Mutex mu_;
+  PutChunksRequest request_ ABSL_GUARDED_BY(mu_);  // target of StartRead
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool eof_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  int tasks_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // The chunk being assembled from slices.
+  bool assembling_ ABSL_GUARDED_BY(mu_) = false;
+  EncodedChunk current_ ABSL_GUARDED_BY(mu_);
+  uint64_t expected_ ABSL_GUARDED_BY(mu_) = 0;
+  int chunks_ ABSL_GUARDED_BY(mu_) = 0;  // chunk headers seen
+
+  std::unique_ptr<Batch> open_ ABSL_GUARDED_BY(mu_);               // receiving
+  std::deque<std::unique_ptr<Batch>> ready_ ABSL_GUARDED_BY(mu_);  // full, not stored
+  bool put_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<Batch> in_flight_;  // see StartPut()
+  uint64_t buffered_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+
+  uint32_t stored_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t already_present_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_received_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_written_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// ---------------------------------------------------------------------------
+// GetChunks: read ahead from the store (io_pool) -> write frames in order.
+// Same locking discipline as PutReactor.
+class GetReactor final : public grpc::ServerWriteReactor<GetChunksResponse>,
+                         public RefCounted<GetReactor> {
+ public:
+  GetReactor(const Context* c, grpc::CallbackServerContext* ctx,
+             const GetChunksRequest* request)
+      : c_(c), ctx_(ctx) {
+    c_->service->CallStarted();
+    absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), c_->limits);
+    absl::MutexLock lock(&mu_);
+    if (!ids.ok()) {
+      FinishLocked(ids.status());
+      return;
+    }
+    ids_ = std::move(*ids);
+    Advance();
+  }
+  ~GetReactor() override { c_->service->CallEnded(); }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) Fail(absl::CancelledError("GetChunks: the client went away"));
+    Advance();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    stop_.store(true);
+    Advance();
+  }
+
+  void OnDone() override { Unref(); }
+
+ private:
+  void Fail(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (status_.ok()) status_ = std::move(status);
+    stop_.store(true);
+  }
+
+  void StartFetch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const size_t begin = next_fetch_;
+    const size_t end = std::min(ids_.size(), begin + kGetFetchBatch);
+    next_fetch_ = end;
+    fetching_ = true;
+    ++tasks_;
+    Ref();
+    // ids_ is immutable once the call has started, so the task reads it
+    // without mu_.
+    c_->io_pool->Schedule([this, begin, end] {
+      std::vector<absl::StatusOr<EncodedChunk>> results;
+      if (!stop_.load() && !ctx_->IsCancelled()) {
+        results = c_->store->Get(absl::MakeConstSpan(ids_).subspan(begin, end - begin));
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        --tasks_;
+        fetching_ = false;
+        if (!stop_.load()) {
+          if (results.size() != end - begin) {
+            Fail(absl::InternalError(absl::StrCat("store returned ", results.size(),
+                                                  " results for ", end - begin, " ids")));
+          } else {
+            for (auto& r : results) {
+              if (r.ok()) buffered_bytes_ += r->data.size();
+              fetched_.push_back(std::move(r));
+            }
+          }
+        }
+        Advance();
+      }
+      Unref();
+    });
+  }
+
+  // Fills response_ with the next frame, if one is ready. Returns false when
+  // nothing can be sent yet.
+  bool NextFrame() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    response_.Clear();
+    if (!sending_) {
+      if (fetched_.empty()) return false;
+      absl::StatusOr<EncodedChunk> next = std::move(fetched_.front());
+      fetched_.pop_front();
+      const ChunkId& id = ids_[next_send_++];
+      if (!next.ok()) {
+        if (absl::IsNotFound(next.status())) {
+          ChunkHeader* header = response_.mutable_header();
+          header->set_id(std::string(id.AsBytes()));
+          header->set_missing(true);
+          return true;
+        }
+        Fail(
+            Annotate(next.status(),
+                     absl::StrCat("chunk ", id.ToHex(),
+                                  " cannot be read here; read it from another replica")));
+        return false;
+      }
+      current_ = std::move(*next);
+      sending_ = true;
+      offset_ = 0;
+      total_ = current_.data.size();
+      ChunkHeader* header = response_.mutable_header();
+      header->set_id(std::string(current_.id.AsBytes()));
+      header->set_codec(static_cast<uint32_t>(current_.codec));
+      header->set_element_size(current_.element_size);
+      header->set_raw_length(current_.raw_length);
+      header->set_encoded_length(static_cast<uint32_t>(total_));
+    }
+    const size_t max_slice = c_->limits.max_frame_bytes - kFrameSlackBytes;
+    const size_t n = std::min(max_slice, total_ - offset_);
+    if (offset_ == 0 && n == total_) {
+      response_.set_data(std::move(current_.data));  // one-frame chunk: no copy
+    } else {
+      response_.set_data(current_.data.data() + offset_, n);
+    }
+    offset_ += n;
+    if (offset_ == total_) {
+      sending_ = false;
+      buffered_bytes_ -= total_;
+      current_ = EncodedChunk{};
+    }
+    return true;
+  }
+
+  void Advance() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    if (status_.ok() && !cancelled_ && !writing_) {
+      if (NextFrame()) {
+        writing_ = true;
+        StartWrite(&response_);
+      }
+    }
+    if (!status_.ok() || cancelled_) {
+      if (!writing_ && tasks_ == 0) {
+        FinishLocked(status_.ok() ? absl::CancelledError("GetChunks cancelled")
+                                  : status_);
+      }
+      return;
+    }
+    if (!fetching_ && next_fetch_ < ids_.size() && buffered_bytes_ < kGetPrefetchBytes) {
+      StartFetch();
+    }
+    if (!writing_ && !sending_ && next_send_ == ids_.size()) {
+      FinishLocked(absl::OkStatus());
+    }
+  }
+
+  void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    finished_ = true;
+    stop_.store(true);
+    Finish(ToGrpcStatus(status));
+  }
+
+  const Context* const c_;
+  grpc::CallbackServerContext* const ctx_;
+  std::vector<ChunkId> ids_;  // set once in the constructor
+  std::atomic<bool> stop_{false};
+
+  absl::Mutex mu_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool fetching_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  int tasks_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t next_fetch_ ABSL_GUARDED_BY(mu_) = 0;  // first id not yet fetched
+  size_t next_send_ ABSL_GUARDED_BY(mu_) = 0;   // first id not yet started
+  std::deque<absl::StatusOr<EncodedChunk>> fetched_ ABSL_GUARDED_BY(mu_);
+  uint64_t buffered_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // The chunk being sent, slice by slice.
+  bool sending_ ABSL_GUARDED_BY(mu_) = false;
+  EncodedChunk current_ ABSL_GUARDED_BY(mu_);
+  size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t total_ ABSL_GUARDED_BY(mu_) = 0;
+  GetChunksResponse response_ ABSL_GUARDED_BY(mu_);  // target of StartWrite
+};
+
+}  // namespace
+
+absl::Status ValidateLimits(const StorageLimits& limits) {
+  if (limits.max_chunk_bytes == 0 || limits.max_chunk_bytes > kMaxChunkRawBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("max_chunk_bytes ",
+                                                   limits.max_chunk_bytes,
+                                                   " must be in 1..", kMaxChunkRawBytes));
+  }
+  if (limits.max_frame_bytes <= kFrameSlackBytes ||
+      limits.max_frame_bytes > static_cast<uint32_t>(INT32_MAX)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_frame_bytes ", limits.max_frame_bytes, " must exceed the ",
+                     kFrameSlackBytes, "-byte header slack and fit gRPC's int limit"));
+  }
+  if (limits.max_batch_chunks < 1) {
+    return absl::InvalidArgumentError("max_batch_chunks must be at least 1");
+  }
+  if (limits.max_put_buffer_bytes < limits.max_chunk_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_put_buffer_bytes ", limits.max_put_buffer_bytes,
+                     " must be at least max_chunk_bytes ", limits.max_chunk_bytes));
+  }
+  return absl::OkStatus();
+}
+
+StorageServiceImpl::StorageServiceImpl(storage::ChunkStore* store,
+                                       ThreadPool* verify_pool, ThreadPool* io_pool,
+                                       StorageLimits limits)
+    : context_{store, verify_pool, io_pool, limits, this} {}
+
+StorageServiceImpl::~StorageServiceImpl() = default;
+
+void StorageServiceImpl::CallStarted() {
+  absl::MutexLock lock(&mu_);
+  ++active_calls_;
+}
+
+void StorageServiceImpl::CallEnded() {
+  absl::MutexLock lock(&mu_);
+  --active_calls_;
+}
+
+bool StorageServiceImpl::WaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(
+      absl::Condition(
+          +[](int* calls) { return *calls == 0; }, &active_calls_),
+      deadline);
+}
+
+int StorageServiceImpl::TEST_ActiveCalls() {
+  absl::MutexLock lock(&mu_);
+  return active_calls_;
+}
+
+grpc::ServerReadReactor<PutChunksRequest>* StorageServiceImpl::PutChunks(
+    grpc::CallbackServerContext* ctx, PutChunksResponse* response) {
+  return new PutReactor(&context_, ctx, response);
+}
+
+grpc::ServerWriteReactor<GetChunksResponse>* StorageServiceImpl::GetChunks(
+    grpc::CallbackServerContext* ctx, const GetChunksRequest* request) {
+  return new GetReactor(&context_, ctx, request);
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::HasChunks(
+    grpc::CallbackServerContext* ctx, const snapback::v1::HasChunksRequest* request,
+    snapback::v1::HasChunksResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
+  if (!ids.ok()) {
+    reactor->Finish(ToGrpcStatus(ids.status()));
+    return reactor;
+  }
+  CallStarted();
+  // The index lookup may touch disk: not on a gRPC callback thread.
+  context_.io_pool->Schedule([this, ctx, reactor, response, ids = std::move(*ids)] {
+    absl::Status status;
+    if (ctx->IsCancelled()) {
+      status = absl::CancelledError("HasChunks cancelled");
+    } else {
+      absl::StatusOr<std::vector<bool>> present = context_.store->Has(ids);
+      if (present.ok()) {
+        for (bool p : *present) response->add_present(p);
+      } else {
+        status = present.status();
+      }
+    }
+    reactor->Finish(ToGrpcStatus(status));
+    CallEnded();
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::Stat(
+    grpc::CallbackServerContext* ctx, const snapback::v1::StatRequest* request,
+    snapback::v1::StatResponse* response) {
+  (void)request;
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  CallStarted();
+  context_.io_pool->Schedule([this, ctx, reactor, response] {
+    absl::Status status;
+    if (ctx->IsCancelled()) {
+      status = absl::CancelledError("Stat cancelled");
+    } else {
+      storage::ChunkStoreStats s = context_.store->Stats();
+      response->set_chunks(s.chunks);
+      response->set_raw_bytes(s.raw_bytes);
+      response->set_encoded_bytes(s.encoded_bytes);
+      response->set_live_bytes(s.live_bytes);
+      response->set_file_bytes(s.file_bytes);
+      response->set_segments(s.segments);
+      response->set_puts(s.puts);
+      response->set_dedup_hits(s.dedup_hits);
+      response->set_group_commits(s.group_commits);
+      response->set_compactions(s.compactions);
+      response->set_compacted_bytes(s.compacted_bytes);
+      response->set_io_mode(s.io_mode);
+    }
+    reactor->Finish(ToGrpcStatus(status));
+    CallEnded();
+  });
+  return reactor;
+}
+
+}  // namespace snapback::server
