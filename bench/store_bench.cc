@@ -23,8 +23,10 @@
 #include "absl/time/clock.h"
 #include "absl/types/span.h"
 #include "common/codec.h"
+#include "common/malloc_tuning.h"
 #include "storage/chunk_store.h"
 #include "storage/file_system.h"
+#include "bench/raw_io.h"
 #include "storage/test_util.h"
 
 namespace snapback::storage {
@@ -103,53 +105,6 @@ void Die(const absl::Status& s, const char* what) {
   }
 }
 
-// Raw baseline: one O_DIRECT file; the same bytes copied into an aligned
-// buffer and written sequentially in blocks of `batch` chunks (the store's
-// group size) through the same File::WriteAt (io_uring, 16 x 1 MiB in
-// flight), then one fdatasync; then read back sequentially by `threads`
-// threads, one chunk-sized O_DIRECT read at a time each, like the store's
-// readers.
-std::pair<double, double> RawWriteRead(FileSystem* fs, const std::string& dir,
-                                       const std::vector<EncodedChunk>& chunks, int batch,
-                                       int threads) {
-  std::string path = dir + "/raw.bin";
-  auto file = fs->Open(path, {.write = true, .create = true, .direct_io = true});
-  Die(file.status(), "open raw file");
-  if (!(*file)->direct_io())
-    std::fprintf(stderr, "warning: O_DIRECT refused; raw is buffered\n");
-  const size_t chunk = AlignUp(chunks[0].data.size());
-  AlignedBuffer buf(chunk * batch);
-  uint64_t off = 0;
-  absl::Time t0 = absl::Now();
-  for (size_t i = 0; i < chunks.size(); i += batch) {
-    size_t used = 0;
-    for (size_t j = i; j < std::min(chunks.size(), i + batch); ++j) {
-      std::memcpy(buf.data() + used, chunks[j].data.data(), chunks[j].data.size());
-      used += AlignUp(chunks[j].data.size());
-    }
-    Die((*file)->WriteAt(off, {buf.data(), used}), "raw write");
-    off += used;
-  }
-  Die((*file)->Sync(), "raw sync");
-  double write_s = absl::ToDoubleSeconds(absl::Now() - t0);
-  std::atomic<uint64_t> next{0};
-  auto reader = [&] {
-    AlignedBuffer piece(chunk);
-    for (uint64_t pos; (pos = next.fetch_add(chunk)) < off;) {
-      Die((*file)->ReadAt(pos, {piece.data(), std::min<uint64_t>(chunk, off - pos)}),
-          "raw read");
-    }
-  };
-  t0 = absl::Now();
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) pool.emplace_back(reader);
-  for (auto& t : pool) t.join();
-  double read_s = absl::ToDoubleSeconds(absl::Now() - t0);
-  file->reset();
-  std::filesystem::remove(path);
-  return {write_s, read_s};
-}
-
 struct StoreTimes {
   double write_s, read_s;
   uint64_t file_bytes;
@@ -201,6 +156,7 @@ StoreTimes StoreWriteRead(std::shared_ptr<FileSystem> fs, const std::string& dir
 }
 
 int Main(int argc, char** argv) {
+  TuneMallocForLargeBuffers();  // as snapback-server does
   Flags f = Parse(argc, argv);
   std::string dir = f.dir;
   bool own_dir = dir.empty();
@@ -265,10 +221,10 @@ int Main(int argc, char** argv) {
       // bursts, which would otherwise always penalise the second.
       std::pair<double, double> raw_times;
       if (r % 2 == 0)
-        raw_times = RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);
+        raw_times = RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);  // bench/raw_io.h
       last = StoreWriteRead(*fs, dir + "/store", chunks, f.threads, f.batch, false);
       if (r % 2 == 1)
-        raw_times = RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);
+        raw_times = RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);  // bench/raw_io.h
       raw_w.push_back(raw_times.first);
       raw_r.push_back(raw_times.second);
       st_w.push_back(last.write_s);

@@ -76,6 +76,11 @@ void ByteUnshuffle(absl::Span<const char> in, int element_size, absl::Span<char>
 
 absl::StatusOr<EncodedChunk> EncodeChunk(absl::Span<const char> raw,
                                          const EncodeOptions& options) {
+  return EncodeChunkWithId(raw, Sha256(raw), options);
+}
+
+absl::StatusOr<EncodedChunk> EncodeChunkWithId(absl::Span<const char> raw, const ChunkId& id,
+                                               const EncodeOptions& options) {
   if (raw.size() > kMaxChunkRawBytes) {
     return absl::InvalidArgumentError(absl::StrCat("chunk of ", raw.size(),
                                                    " bytes exceeds the limit of ",
@@ -86,7 +91,7 @@ absl::StatusOr<EncodedChunk> EncodeChunk(absl::Span<const char> raw,
         absl::StrCat("element size ", options.element_size, " is not 1, 2, 4 or 8"));
   }
   EncodedChunk chunk;
-  chunk.id = Sha256(raw);
+  chunk.id = id;
   chunk.raw_length = static_cast<uint32_t>(raw.size());
 
   if (options.codec != Codec::kNone && !raw.empty()) {

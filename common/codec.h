@@ -68,6 +68,11 @@ struct EncodedChunk {
 absl::StatusOr<EncodedChunk> EncodeChunk(absl::Span<const char> raw,
                                          const EncodeOptions& options = {});
 
+// Like EncodeChunk() for a caller that already has SHA-256(raw): skips the
+// hash. The caller vouches for `id`; a server re-verifies it on ingest.
+absl::StatusOr<EncodedChunk> EncodeChunkWithId(absl::Span<const char> raw, const ChunkId& id,
+                                               const EncodeOptions& options = {});
+
 // Decodes `chunk` into `out`, which must be exactly chunk.raw_length bytes.
 // INVALID_ARGUMENT for an unknown codec, a bad element size or a wrong output
 // size; DATA_LOSS when the encoded bytes do not decode to exactly raw_length
