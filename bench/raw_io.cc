@@ -69,10 +69,9 @@ std::pair<double, double> RawWriteRead(FileSystem* fs, const std::string& dir,
   return {write_s, read_s};
 }
 
-
 std::pair<double, double> RawWriteReadBytes(FileSystem* fs, const std::string& dir,
-                                            const char* data, uint64_t bytes, uint64_t piece,
-                                            int batch, int threads) {
+                                            const char* data, uint64_t bytes,
+                                            uint64_t piece, int batch, int threads) {
   std::vector<EncodedChunk> chunks;
   for (uint64_t off = 0; off < bytes; off += piece) {
     EncodedChunk c;

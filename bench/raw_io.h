@@ -23,8 +23,8 @@ std::pair<double, double> RawWriteRead(FileSystem* fs, const std::string& dir,
 
 // The same for `bytes` bytes of `data` in pieces of `piece` bytes.
 std::pair<double, double> RawWriteReadBytes(FileSystem* fs, const std::string& dir,
-                                            const char* data, uint64_t bytes, uint64_t piece,
-                                            int batch, int threads);
+                                            const char* data, uint64_t bytes,
+                                            uint64_t piece, int batch, int threads);
 
 }  // namespace snapback::storage
 

@@ -62,8 +62,8 @@ void RunSize(const std::string& dir, uint64_t mib) {
     if (!ck.ok()) Die(ck.status(), "checkpointer");
     return *std::move(ck);
   };
-  TensorView t{.name = "w", .dtype = DType::kFloat32,
-               .shape = {static_cast<int64_t>(bytes / 4)}};
+  TensorView t{
+      .name = "w", .dtype = DType::kFloat32, .shape = {static_cast<int64_t>(bytes / 4)}};
   t.data = weights.data();
 
   // memcpy baseline into warm memory (as the staging pool is after a save).
@@ -118,30 +118,31 @@ void RunSize(const std::string& dir, uint64_t mib) {
   server->reset();
 
   auto fs = storage::DefaultFileSystem();
-  auto [raw_write_s, raw_read_s] = storage::RawWriteReadBytes(
-      fs.get(), dir, weights.data(), bytes, 4 << 20, 16, 2);
+  auto [raw_write_s, raw_read_s] =
+      storage::RawWriteReadBytes(fs.get(), dir, weights.data(), bytes, 4 << 20, 16, 2);
 
   const double mb = bytes / 1e6;
   std::printf("\n== %llu MiB of fp32, 4 MiB chunks, shuffle+zstd, 1 rank ==\n",
               static_cast<unsigned long long>(mib));
-  std::printf("memcpy of the same bytes           %8.1f ms  (%.0f MB/s)\n", Ms(memcpy_time),
-              mb / absl::ToDoubleSeconds(memcpy_time));
-  std::printf("raw O_DIRECT write + fdatasync     %8.1f ms  (%.0f MB/s)\n", raw_write_s * 1e3,
-              mb / raw_write_s);
-  std::printf("raw O_DIRECT read                  %8.1f ms  (%.0f MB/s)\n", raw_read_s * 1e3,
-              mb / raw_read_s);
-  std::printf("\n%-26s %10s %9s %12s %9s %10s %12s %9s\n", "save", "blocked ms", "x memcpy",
-              "durable ms", "MB/s", "x raw wr", "sent MB", "% of full");
+  std::printf("memcpy of the same bytes           %8.1f ms  (%.0f MB/s)\n",
+              Ms(memcpy_time), mb / absl::ToDoubleSeconds(memcpy_time));
+  std::printf("raw O_DIRECT write + fdatasync     %8.1f ms  (%.0f MB/s)\n",
+              raw_write_s * 1e3, mb / raw_write_s);
+  std::printf("raw O_DIRECT read                  %8.1f ms  (%.0f MB/s)\n",
+              raw_read_s * 1e3, mb / raw_read_s);
+  std::printf("\n%-26s %10s %9s %12s %9s %10s %12s %9s\n", "save", "blocked ms",
+              "x memcpy", "durable ms", "MB/s", "x raw wr", "sent MB", "% of full");
   const double full_sent = rows[0].stats.sent_bytes;
   for (const Row& r : rows) {
     const double durable_s = absl::ToDoubleSeconds(r.stats.to_durable);
     std::printf("%-26s %10.1f %8.2fx %12.1f %9.0f %9.2fx %12.1f %8.1f%%\n", r.what,
-                Ms(r.stats.blocked), Ms(r.stats.blocked) / Ms(memcpy_time), durable_s * 1e3,
-                mb / durable_s, raw_write_s / durable_s, r.stats.sent_bytes / 1e6,
-                100.0 * r.stats.sent_bytes / full_sent);
+                Ms(r.stats.blocked), Ms(r.stats.blocked) / Ms(memcpy_time),
+                durable_s * 1e3, mb / durable_s, raw_write_s / durable_s,
+                r.stats.sent_bytes / 1e6, 100.0 * r.stats.sent_bytes / full_sent);
   }
-  std::printf("overlap mode: Save() blocked %.2f ms (cold pool), %.2f ms (warm); budget 5 ms\n",
-              Ms(overlap_blocked), Ms(overlap_blocked_warm));
+  std::printf(
+      "overlap mode: Save() blocked %.2f ms (cold pool), %.2f ms (warm); budget 5 ms\n",
+      Ms(overlap_blocked), Ms(overlap_blocked_warm));
   std::printf("restore (SHA-256 verified) %.1f ms = %.0f MB/s, %.2fx raw read time\n",
               Ms(restore_time), mb / absl::ToDoubleSeconds(restore_time),
               absl::ToDoubleSeconds(restore_time) / raw_read_s);

@@ -22,11 +22,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/types/span.h"
+#include "bench/raw_io.h"
 #include "common/codec.h"
 #include "common/malloc_tuning.h"
 #include "storage/chunk_store.h"
 #include "storage/file_system.h"
-#include "bench/raw_io.h"
 #include "storage/test_util.h"
 
 namespace snapback::storage {
@@ -221,10 +221,12 @@ int Main(int argc, char** argv) {
       // bursts, which would otherwise always penalise the second.
       std::pair<double, double> raw_times;
       if (r % 2 == 0)
-        raw_times = RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);  // bench/raw_io.h
+        raw_times =
+            RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);  // bench/raw_io.h
       last = StoreWriteRead(*fs, dir + "/store", chunks, f.threads, f.batch, false);
       if (r % 2 == 1)
-        raw_times = RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);  // bench/raw_io.h
+        raw_times =
+            RawWriteRead(fs->get(), dir, chunks, f.batch, f.threads);  // bench/raw_io.h
       raw_w.push_back(raw_times.first);
       raw_r.push_back(raw_times.second);
       st_w.push_back(last.write_s);

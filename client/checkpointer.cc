@@ -77,7 +77,9 @@ struct SaveHandle::State {
   }
 };
 
-SaveHandle::SaveHandle() : state_(std::make_shared<State>(-1)) { state_->Finish(absl::OkStatus()); }
+SaveHandle::SaveHandle() : state_(std::make_shared<State>(-1)) {
+  state_->Finish(absl::OkStatus());
+}
 SaveHandle::SaveHandle(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
 absl::Status SaveHandle::Wait() const {
@@ -89,9 +91,9 @@ absl::Status SaveHandle::Wait() const {
 absl::Status SaveHandle::WaitFor(absl::Duration timeout) const {
   absl::MutexLock lock(&state_->mu);
   if (!state_->mu.AwaitWithTimeout(absl::Condition(&state_->done), timeout)) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("save of step ", state_->stats.step, " still running after ",
-                     absl::FormatDuration(timeout)));
+    return absl::DeadlineExceededError(absl::StrCat("save of step ", state_->stats.step,
+                                                    " still running after ",
+                                                    absl::FormatDuration(timeout)));
   }
   return state_->status;
 }
@@ -192,6 +194,13 @@ struct SaveJob {
 
 class CheckpointerImpl;
 
+uint64_t EncodedBudget(const CheckpointerOptions& o) {
+  const uint64_t transport =
+      uint64_t{3} * o.upload_streams * std::min<uint64_t>(o.chunk_bytes, 4 << 20);
+  const uint64_t half = o.staging_bytes / 2;
+  return std::max<uint64_t>(o.chunk_bytes, half > transport ? half - transport : 0);
+}
+
 class ClientImpl final : public Client {
  public:
   ClientImpl(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
@@ -242,10 +251,11 @@ class CheckpointerImpl final : public Checkpointer {
       : client_(client),
         options_(std::move(options)),
         // Half the cap stages snapshot copies; the other half bounds the
-        // encoded chunks waiting for (or in) upload, so the two together
-        // never exceed staging_bytes.
+        // encoded chunks waiting for (or in) upload, less what gRPC holds
+        // per stream (the request's copy of a frame and its serialised
+        // form, about 3 frames), so all of it stays within staging_bytes.
         staging_(options_.staging_bytes / 2, options_.chunk_bytes),
-        encoded_budget_(std::max<uint64_t>(options_.staging_bytes / 2, options_.chunk_bytes)),
+        encoded_budget_(EncodedBudget(options_)),
         batch_chunks_(std::max(1, std::min(kBatchChunks, staging_.capacity() / 2))),
         copy_pool_(options_.copy_threads),
         hash_pool_(options_.pipeline_threads),
@@ -313,7 +323,8 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
   if (o.job_id.empty()) o.job_id = EnvOr("SNAPBACK_JOB", "");
   if (o.job_id.empty()) {
     return absl::InvalidArgumentError(
-        "no job id: set CheckpointerOptions::job_id or SNAPBACK_JOB (snapback-launch sets it)");
+        "no job id: set CheckpointerOptions::job_id or SNAPBACK_JOB (snapback-launch "
+        "sets it)");
   }
   int64_t v;
   if (o.rank < 0) {
@@ -332,8 +343,8 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
     o.incarnation = v;
   }
   if (o.rank < 0 || o.rank >= o.world_size) {
-    return absl::InvalidArgumentError(absl::StrCat("rank ", o.rank, " is outside [0, ",
-                                                   o.world_size, "); check SNAPBACK_RANK"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rank ", o.rank, " is outside [0, ", o.world_size, "); check SNAPBACK_RANK"));
   }
   if (o.chunk_bytes < 4096 || o.chunk_bytes > (16u << 20)) {
     return absl::InvalidArgumentError(
@@ -342,7 +353,8 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
   if (o.copy_threads < 1 || o.pipeline_threads < 1 || o.upload_streams < 1 ||
       o.max_inflight < 1 || o.restore_threads < 1) {
     return absl::InvalidArgumentError(
-        "copy_threads, pipeline_threads, upload_streams, max_inflight and restore_threads "
+        "copy_threads, pipeline_threads, upload_streams, max_inflight and "
+        "restore_threads "
         "must be at least 1");
   }
   v1::RegisterJobRequest req;
@@ -350,19 +362,21 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
   req.set_world_size(o.world_size);
   v1::RegisterJobResponse resp;
   auto ctx = Context();
-  SNAPBACK_RETURN_IF_ERROR(Rpc(stub_->RegisterJob(ctx.get(), req, &resp),
-                               absl::StrCat("register job ", o.job_id, " at ",
-                                            options_.endpoint)));
+  SNAPBACK_RETURN_IF_ERROR(
+      Rpc(stub_->RegisterJob(ctx.get(), req, &resp),
+          absl::StrCat("register job ", o.job_id, " at ", options_.endpoint)));
   return std::unique_ptr<Checkpointer>(new CheckpointerImpl(this, std::move(o)));
 }
 
 absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
-    int64_t step, absl::Span<const TensorView> tensors, absl::Span<const BlobView> blobs) {
+    int64_t step, absl::Span<const TensorView> tensors,
+    absl::Span<const BlobView> blobs) {
   auto job = std::make_unique<SaveJob>();
   job->step = step;
   absl::flat_hash_set<std::string> names;
   auto add = [&](Item item) -> absl::Status {
-    if (item.name.empty()) return absl::InvalidArgumentError("a tensor or blob has no name");
+    if (item.name.empty())
+      return absl::InvalidArgumentError("a tensor or blob has no name");
     if (!names.insert(absl::StrCat(item.is_blob ? "b:" : "t:", item.name)).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate name '", item.name, "'"));
     }
@@ -371,9 +385,9 @@ absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
     }
     item.first_task = job->tasks.size();
     for (uint64_t off = 0, i = 0; off < item.bytes; off += options_.chunk_bytes, ++i) {
-      job->tasks.push_back(
-          {job->items.size(), i, off,
-           static_cast<uint32_t>(std::min<uint64_t>(options_.chunk_bytes, item.bytes - off))});
+      job->tasks.push_back({job->items.size(), i, off,
+                            static_cast<uint32_t>(std::min<uint64_t>(options_.chunk_bytes,
+                                                                     item.bytes - off))});
     }
     item.num_tasks = job->tasks.size() - item.first_task;
     job->items.push_back(std::move(item));
@@ -391,19 +405,20 @@ absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
       }
     }
     item.global_shape = t.global_shape.empty() ? t.shape : t.global_shape;
-    item.global_offset =
-        t.global_offset.empty() ? std::vector<int64_t>(t.shape.size(), 0) : t.global_offset;
+    item.global_offset = t.global_offset.empty() ? std::vector<int64_t>(t.shape.size(), 0)
+                                                 : t.global_offset;
     if (item.global_shape.size() != t.shape.size() ||
         item.global_offset.size() != t.shape.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", t.name, "': global_shape and global_offset need ", t.shape.size(),
-          " dimensions like shape"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "': global_shape and global_offset need ",
+                       t.shape.size(), " dimensions like shape"));
     }
     for (size_t d = 0; d < t.shape.size(); ++d) {
       if (item.global_offset[d] < 0 ||
           item.global_offset[d] + t.shape[d] > item.global_shape[d]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor '", t.name, "': shard does not fit its global shape in dimension ", d));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", t.name,
+                         "': shard does not fit its global shape in dimension ", d));
       }
     }
     item.src = static_cast<const char*>(t.data);
@@ -426,7 +441,8 @@ absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
 void CheckpointerImpl::Snapshot(SaveJob* job) {
   const absl::Time start = absl::Now();
   std::atomic<size_t> next{0};
-  const int workers = std::max(1, std::min<int>(options_.copy_threads, job->tasks.size()));
+  const int workers =
+      std::max(1, std::min<int>(options_.copy_threads, job->tasks.size()));
   absl::BlockingCounter done(workers);
   for (int w = 0; w < workers; ++w) {
     copy_pool_.Schedule([&] {
@@ -463,7 +479,8 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
     if (!pending_error_.ok()) {
       absl::Status s = std::move(pending_error_);
       pending_error_ = absl::OkStatus();
-      return absl::Status(s.code(), absl::StrCat("an earlier save failed: ", s.message()));
+      return absl::Status(s.code(),
+                          absl::StrCat("an earlier save failed: ", s.message()));
     }
     if (step <= last_step_) {
       return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after step ",
@@ -575,10 +592,14 @@ void CheckpointerImpl::DriverLoop() {
         if (job->copy_finished) break;
       }
     }
+    // The error must be pending before anyone can see the handle finish, so
+    // a Save() right after Wait() returns it.
+    {
+      absl::MutexLock lock(&mu_);
+      if (!s.ok()) pending_error_ = s;
+      --inflight_;
+    }
     job->state->Finish(s);
-    absl::MutexLock lock(&mu_);
-    if (!s.ok()) pending_error_ = s;
-    --inflight_;
   }
 }
 
@@ -591,8 +612,9 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
   v1::BeginCheckpointResponse where;
   {
     auto ctx = client_->Context();
-    SNAPBACK_RETURN_IF_ERROR(Rpc(client_->stub()->BeginCheckpoint(ctx.get(), begin, &where),
-                                 absl::StrCat("begin checkpoint of step ", job->step)));
+    SNAPBACK_RETURN_IF_ERROR(
+        Rpc(client_->stub()->BeginCheckpoint(ctx.get(), begin, &where),
+            absl::StrCat("begin checkpoint of step ", job->step)));
   }
   const std::string endpoint =
       where.storage_endpoints().empty() ? "" : where.storage_endpoints(0);
@@ -674,8 +696,9 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
     v1::ClaimChunksResponse claimed;
     {
       auto ctx = client_->Context();
-      SNAPBACK_RETURN_IF_ERROR(Rpc(client_->stub()->ClaimChunks(ctx.get(), claim, &claimed),
-                                   absl::StrCat("claim chunks of step ", job->step)));
+      SNAPBACK_RETURN_IF_ERROR(
+          Rpc(client_->stub()->ClaimChunks(ctx.get(), claim, &claimed),
+              absl::StrCat("claim chunks of step ", job->step)));
     }
     if (claimed.present_size() != static_cast<int>(batch.size())) {
       return absl::InternalError("coordinator answered ClaimChunks with the wrong count");
@@ -730,9 +753,9 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
       for (const EncodedChunk& c : *encoded) bytes += c.data.size();
       absl::MutexLock lock(&upload_mu);
       auto room = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu) {
-        return !upload_status.ok() ||
-               (uploads_outstanding < options_.upload_streams &&
-                (uploads_outstanding == 0 || encoded_in_flight + bytes <= encoded_budget_));
+        return !upload_status.ok() || (uploads_outstanding < options_.upload_streams &&
+                                       (uploads_outstanding == 0 ||
+                                        encoded_in_flight + bytes <= encoded_budget_));
       };
       upload_mu.Await(absl::Condition(&room));
       if (!upload_status.ok()) break;
@@ -809,9 +832,9 @@ absl::Status CheckpointerImpl::Commit(SaveJob* job, bool* committed) {
   }
   v1::CommitRankResponse resp;
   auto ctx = client_->Context();
-  SNAPBACK_RETURN_IF_ERROR(Rpc(client_->stub()->CommitRank(ctx.get(), req, &resp),
-                               absl::StrCat("commit step ", job->step, " of rank ",
-                                            options_.rank)));
+  SNAPBACK_RETURN_IF_ERROR(
+      Rpc(client_->stub()->CommitRank(ctx.get(), req, &resp),
+          absl::StrCat("commit step ", job->step, " of rank ", options_.rank)));
   *committed = resp.checkpoint_committed();
   return absl::OkStatus();
 }
@@ -832,8 +855,8 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
   if (!step.has_value()) {
     SNAPBACK_ASSIGN_OR_RETURN(step, LatestStep());
     if (!step.has_value()) {
-      return absl::NotFoundError(
-          absl::StrCat("job ", options_.job_id, " has no committed checkpoint to restore"));
+      return absl::NotFoundError(absl::StrCat("job ", options_.job_id,
+                                              " has no committed checkpoint to restore"));
     }
   }
   v1::GetManifestRequest req;
@@ -843,9 +866,9 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
   v1::GetManifestResponse resp;
   {
     auto ctx = client_->Context();
-    SNAPBACK_RETURN_IF_ERROR(Rpc(client_->stub()->GetManifest(ctx.get(), req, &resp),
-                                 absl::StrCat("manifest of step ", *step, " rank ",
-                                              options_.rank)));
+    SNAPBACK_RETURN_IF_ERROR(
+        Rpc(client_->stub()->GetManifest(ctx.get(), req, &resp),
+            absl::StrCat("manifest of step ", *step, " rank ", options_.rank)));
   }
   std::vector<std::string> endpoints(resp.storage_endpoints().begin(),
                                      resp.storage_endpoints().end());
@@ -870,11 +893,11 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
     for (int k = 0; k < chunks.size(); ++k) {
       SNAPBACK_ASSIGN_OR_RETURN(ChunkId id, ChunkId::FromBytes(chunks[k].id()));
       if (off + chunks[k].length() > byte_length) {
-        return absl::DataLossError(absl::StrCat("manifest of '", name,
-                                                "' names more bytes than it has"));
+        return absl::DataLossError(
+            absl::StrCat("manifest of '", name, "' names more bytes than it has"));
       }
-      fetches.push_back({id, bytes->data() + off, chunks[k].length(), ChunkKey(name, k),
-                         nullptr});
+      fetches.push_back(
+          {id, bytes->data() + off, chunks[k].length(), ChunkKey(name, k), nullptr});
       off += chunks[k].length();
     }
     if (off != byte_length) {
@@ -899,7 +922,8 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
   for (int i = 0; i < resp.manifest().blobs_size(); ++i) {
     const v1::BlobEntry& b = resp.manifest().blobs(i);
     result.blobs[i].name = b.name();
-    SNAPBACK_RETURN_IF_ERROR(plan(b.name(), b.byte_length(), b.chunks(), &result.blobs[i].bytes));
+    SNAPBACK_RETURN_IF_ERROR(
+        plan(b.name(), b.byte_length(), b.chunks(), &result.blobs[i].bytes));
   }
 
   // Fetch in parallel: each worker takes batches of chunks, reads them from
@@ -978,8 +1002,9 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
     }
   };
   std::vector<std::thread> threads;
-  const int n = std::max(1, std::min<int>(options_.restore_threads,
-                                          (fetches.size() + kFetchBatch - 1) / kFetchBatch));
+  const int n =
+      std::max(1, std::min<int>(options_.restore_threads,
+                                (fetches.size() + kFetchBatch - 1) / kFetchBatch));
   for (int t = 0; t < n; ++t) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
   SNAPBACK_RETURN_IF_ERROR(first_error);
@@ -1029,8 +1054,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   } else {
     FILE* f = std::fopen(options.tls_root_ca_file.c_str(), "rb");
     if (f == nullptr) {
-      return absl::NotFoundError(absl::StrCat("cannot read TLS CA file ",
-                                              options.tls_root_ca_file));
+      return absl::NotFoundError(
+          absl::StrCat("cannot read TLS CA file ", options.tls_root_ca_file));
     }
     std::string pem;
     char buf[4096];

@@ -25,7 +25,8 @@ class StagingPool {
   class Buffer {
    public:
     Buffer() = default;
-    Buffer(StagingPool* pool, std::unique_ptr<char[]> data) : pool_(pool), data_(std::move(data)) {}
+    Buffer(StagingPool* pool, std::unique_ptr<char[]> data)
+        : pool_(pool), data_(std::move(data)) {}
     Buffer(Buffer&&) = default;
     Buffer& operator=(Buffer&& other) {
       Release();

@@ -317,6 +317,26 @@ absl::StatusOr<std::vector<bool>> StorageClient::Has(absl::Span<const ChunkId> i
   return present;
 }
 
+absl::StatusOr<int> StorageClient::Delete(absl::Span<const ChunkId> ids) {
+  int deleted = 0;
+  const size_t batch = static_cast<size_t>(options_.max_batch_chunks);
+  for (size_t begin = 0; begin < ids.size(); begin += batch) {
+    absl::Span<const ChunkId> part = ids.subspan(begin, batch);
+    snapback::v1::DeleteChunksRequest request;
+    for (const ChunkId& id : part) request.add_ids(std::string(id.AsBytes()));
+    snapback::v1::DeleteChunksResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.deadline));
+    grpc::Status status = stub_->DeleteChunks(&ctx, request, &response);
+    if (!status.ok()) {
+      return Annotate(FromGrpcStatus(status),
+                      absl::StrCat("DeleteChunks on ", endpoint_));
+    }
+    deleted += static_cast<int>(response.deleted());
+  }
+  return deleted;
+}
+
 absl::StatusOr<snapback::v1::StatResponse> StorageClient::Stat() {
   snapback::v1::StatResponse response;
   grpc::ClientContext ctx;

@@ -41,14 +41,15 @@ struct StorageClientOptions {
   // host (e.g. "localhost" for a test certificate).
   // Default: "" (the endpoint's host)
   std::string tls_server_name;
-  // Deadline of each RPC (one Put/Get stream, one Has or Stat call).
+  // Deadline of each RPC (one Put/Get stream, one Has, Delete or Stat call).
   // Default: 60 s
   absl::Duration deadline = absl::Seconds(60);
   // Most encoded bytes per PutChunks frame; larger chunks are split. Must not
   // exceed the server's max_frame_bytes minus its header slack.
   // Default: 4 MiB
   uint32_t max_frame_bytes = 4u << 20;
-  // Most chunks per PutChunks stream and ids per GetChunks/HasChunks request;
+  // Most chunks per PutChunks stream and ids per GetChunks/HasChunks/
+  // DeleteChunks request;
   // larger calls are split into several RPCs. Must not exceed the server's
   // max_batch_chunks.
   // Default: 4096
@@ -94,6 +95,12 @@ class StorageClient {
 
   // For each id, whether the node has the chunk.
   absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids);
+
+  // Deletes chunks from the node, in requests of at most max_batch_chunks
+  // ids; ids the node does not have are ignored. Returns how many it had.
+  // Only the coordinator's garbage collector should call this (see
+  // DeleteChunks in storage.proto). On error, earlier batches are deleted.
+  absl::StatusOr<int> Delete(absl::Span<const ChunkId> ids);
 
   // The node's store statistics.
   absl::StatusOr<snapback::v1::StatResponse> Stat();

@@ -28,9 +28,10 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
   for (const DTypeInfo& info : kDTypes) {
     if (name == info.name) return info.dtype;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown dtype '", name,
-      "'; use float32, bfloat16, float16, float64, int8, uint8, int16, int32, int64 or bool"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", name,
+                   "'; use float32, bfloat16, float16, float64, int8, uint8, int16, "
+                   "int32, int64 or bool"));
 }
 
 uint64_t TensorView::byte_length() const {

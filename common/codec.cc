@@ -79,7 +79,8 @@ absl::StatusOr<EncodedChunk> EncodeChunk(absl::Span<const char> raw,
   return EncodeChunkWithId(raw, Sha256(raw), options);
 }
 
-absl::StatusOr<EncodedChunk> EncodeChunkWithId(absl::Span<const char> raw, const ChunkId& id,
+absl::StatusOr<EncodedChunk> EncodeChunkWithId(absl::Span<const char> raw,
+                                               const ChunkId& id,
                                                const EncodeOptions& options) {
   if (raw.size() > kMaxChunkRawBytes) {
     return absl::InvalidArgumentError(absl::StrCat("chunk of ", raw.size(),

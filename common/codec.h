@@ -70,7 +70,8 @@ absl::StatusOr<EncodedChunk> EncodeChunk(absl::Span<const char> raw,
 
 // Like EncodeChunk() for a caller that already has SHA-256(raw): skips the
 // hash. The caller vouches for `id`; a server re-verifies it on ingest.
-absl::StatusOr<EncodedChunk> EncodeChunkWithId(absl::Span<const char> raw, const ChunkId& id,
+absl::StatusOr<EncodedChunk> EncodeChunkWithId(absl::Span<const char> raw,
+                                               const ChunkId& id,
                                                const EncodeOptions& options = {});
 
 // Decodes `chunk` into `out`, which must be exactly chunk.raw_length bytes.

@@ -16,32 +16,57 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/malloc_tuning.h"
 #include "server/server.h"
 #include "storage/file_system.h"
 
 namespace {
 
 constexpr char kUsage[] =
-    "usage: snapback-server --data-dir DIR [--listen HOST:PORT] [--role storage]\n"
+    "usage: snapback-server --data-dir DIR [--listen HOST:PORT]\n"
+    "         [--role storage|coordinator [--storage-endpoints HOST:PORT,...]]\n"
     "         [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
+    "         [--storage-tls-ca FILE [--storage-tls-cert FILE --storage-tls-key FILE]\n"
+    "          [--storage-tls-server-name NAME]]\n"
     "         [--allow-insecure-remote] [--segment-mb N] [--io auto|io_uring|pwrite]\n"
-    "         [--index-recovery strict|drop-torn-tail] [--ready-file PATH]\n"
+    "         [--index-recovery strict|drop-torn-tail] [--checkpoint-lease DURATION]\n"
+    "         [--gc-grace DURATION] [--gc-interval DURATION] [--keep-last N]\n"
+    "         [--ready-file PATH]\n"
     "\n"
-    "  --data-dir DIR         where chunks are stored (required; created if missing)\n"
+    "  --data-dir DIR         chunks (segments/, index/) and coordinator metadata\n"
+    "                         (meta/) live here (required; created if missing)\n"
     "  --listen HOST:PORT     address to serve on (default 127.0.0.1:7420; port 0 = "
     "any)\n"
-    "  --role ROLE            storage, or empty for every role (coordinator: later)\n"
+    "  --role ROLE            storage, coordinator, or omitted for both in one process\n"
+    "  --storage-endpoints L  coordinator role: the storage nodes, HOST:PORT,...\n"
     "  --tls-cert/--tls-key   serve TLS with this PEM certificate chain and key\n"
     "  --tls-client-ca FILE   require client certificates signed by this CA (mTLS)\n"
+    "  --storage-tls-ca FILE  coordinator role: talk TLS to the storage nodes, trusting\n"
+    "                         this CA; --storage-tls-cert/--storage-tls-key add a\n"
+    "                         client certificate (mTLS); --storage-tls-server-name\n"
+    "                         overrides the name checked in their certificates\n"
     "  --allow-insecure-remote  allow plaintext on a non-loopback address\n"
     "  --segment-mb N         segment file size in MiB (default 256)\n"
     "  --io MODE              segment writes: auto (io_uring, else pwrite), io_uring, "
     "pwrite\n"
-    "  --index-recovery MODE  strict (default): refuse to open a damaged index WAL;\n"
-    "                         drop-torn-tail: drop an incomplete last WAL record, only\n"
-    "                         after a power cut (see docs/storage_format.md)\n"
-    "  --ready-file PATH      write the bound port to PATH once serving\n";
+    "  --index-recovery MODE  strict (default): refuse to open a damaged index or\n"
+    "                         metadata WAL; drop-torn-tail: drop an incomplete last\n"
+    "                         WAL record, only after a power cut "
+    "(docs/storage_format.md)\n"
+    "  --checkpoint-lease D   abort a WRITING checkpoint idle this long (default 30m)\n"
+    "  --gc-grace D           delete unreferenced chunks only after this long (default "
+    "10m)\n"
+    "  --gc-interval D        run retention + GC this often; 0 = only on request "
+    "(default 5m)\n"
+    "  --keep-last N          retention for jobs registered without a policy (default "
+    "3)\n"
+    "  --ready-file PATH      write the bound port to PATH once serving\n"
+    "\n"
+    "Durations are like 90s, 30m, 1h30m.\n";
 
 [[noreturn]] void BadFlag(const std::string& message) {
   std::fprintf(stderr, "snapback-server: %s (see --help)\n", message.c_str());
@@ -51,6 +76,17 @@ constexpr char kUsage[] =
 [[noreturn]] void Fail(const std::string& message) {
   std::fprintf(stderr, "snapback-server: %s\n", message.c_str());
   std::exit(1);
+}
+
+absl::Duration ParseDurationFlag(const std::string& name, const std::string& value,
+                                 bool zero_ok) {
+  absl::Duration d;
+  if (!absl::ParseDuration(value, &d) || d < absl::ZeroDuration() ||
+      (!zero_ok && d == absl::ZeroDuration()) || d == absl::InfiniteDuration()) {
+    BadFlag(absl::StrCat("--", name, " '", value, "' must be a ",
+                         zero_ok ? "" : "positive ", "duration such as 90s, 30m or 1h"));
+  }
+  return d;
 }
 
 struct Flags {
@@ -86,9 +122,25 @@ Flags ParseFlags(int argc, char** argv) {
       flags.options.allow_insecure_remote = !has_value || value == "true";
       continue;
     }
-    static constexpr const char* kValueFlags[] = {
-        "data-dir",      "listen",     "role", "tls-cert",  "tls-key",
-        "tls-client-ca", "segment-mb", "io",   "ready-file"};
+    static constexpr const char* kValueFlags[] = {"data-dir",
+                                                  "listen",
+                                                  "role",
+                                                  "storage-endpoints",
+                                                  "tls-cert",
+                                                  "tls-key",
+                                                  "tls-client-ca",
+                                                  "storage-tls-ca",
+                                                  "storage-tls-cert",
+                                                  "storage-tls-key",
+                                                  "storage-tls-server-name",
+                                                  "segment-mb",
+                                                  "io",
+                                                  "index-recovery",
+                                                  "checkpoint-lease",
+                                                  "gc-grace",
+                                                  "gc-interval",
+                                                  "keep-last",
+                                                  "ready-file"};
     if (std::find(std::begin(kValueFlags), std::end(kValueFlags), name) ==
         std::end(kValueFlags)) {
       BadFlag(absl::StrCat("unknown flag --", name));
@@ -102,14 +154,38 @@ Flags ParseFlags(int argc, char** argv) {
     } else if (name == "listen") {
       flags.options.listen = value;
     } else if (name == "role") {
-      if (value == "coordinator") {
-        BadFlag(
-            "--role=coordinator is not available yet; use --role=storage or omit --role");
-      }
-      if (!value.empty() && value != "storage") {
-        BadFlag(absl::StrCat("unknown --role '", value, "'; use storage or omit it"));
+      if (!value.empty() && value != "storage" && value != "coordinator") {
+        BadFlag(absl::StrCat("unknown --role '", value,
+                             "'; use storage, coordinator, or omit it for both"));
       }
       flags.options.role = value;
+    } else if (name == "storage-endpoints") {
+      flags.options.storage_endpoints =
+          absl::StrSplit(value, ',', absl::SkipWhitespace());
+      if (flags.options.storage_endpoints.empty()) {
+        BadFlag("--storage-endpoints needs at least one HOST:PORT");
+      }
+    } else if (name == "storage-tls-ca") {
+      flags.options.storage_client.tls_root_ca_file = value;
+    } else if (name == "storage-tls-cert") {
+      flags.options.storage_client.tls_client_cert_file = value;
+    } else if (name == "storage-tls-key") {
+      flags.options.storage_client.tls_client_key_file = value;
+    } else if (name == "storage-tls-server-name") {
+      flags.options.storage_client.tls_server_name = value;
+    } else if (name == "checkpoint-lease") {
+      flags.options.coordinator.checkpoint_lease = ParseDurationFlag(name, value, false);
+    } else if (name == "gc-grace") {
+      flags.options.coordinator.gc_grace = ParseDurationFlag(name, value, true);
+    } else if (name == "gc-interval") {
+      flags.options.gc_interval = ParseDurationFlag(name, value, true);
+    } else if (name == "keep-last") {
+      uint32_t n = 0;
+      if (!absl::SimpleAtoi(value, &n)) {
+        BadFlag(absl::StrCat("--keep-last '", value,
+                             "' must be a count of checkpoints (0 = keep all)"));
+      }
+      flags.options.coordinator.default_keep_last = n;
     } else if (name == "tls-cert") {
       flags.options.tls_cert_file = value;
     } else if (name == "tls-key") {
@@ -129,6 +205,8 @@ Flags ParseFlags(int argc, char** argv) {
       }
       flags.io = value;
     } else if (name == "index-recovery") {
+      // One flag for both databases: the operator decides after a power
+      // cut, and the same cut hit both.
       if (value == "strict") {
         flags.options.store.index_recovery = snapback::storage::IndexRecovery::kStrict;
       } else if (value == "drop-torn-tail") {
@@ -145,8 +223,17 @@ Flags ParseFlags(int argc, char** argv) {
     }
   }
   if (flags.options.data_dir.empty()) {
-    BadFlag("--data-dir is required: the directory where this node stores chunks");
+    BadFlag(
+        "--data-dir is required: the directory where this server keeps chunks and/or "
+        "checkpoint metadata");
   }
+  if (flags.options.role == "coordinator" && flags.options.storage_endpoints.empty()) {
+    BadFlag("--role=coordinator needs --storage-endpoints HOST:PORT[,...]");
+  }
+  if (flags.options.role != "coordinator" && !flags.options.storage_endpoints.empty()) {
+    BadFlag("--storage-endpoints is only for --role=coordinator");
+  }
+  flags.options.coordinator.recovery = flags.options.store.index_recovery;
   return flags;
 }
 
@@ -164,6 +251,7 @@ bool WriteReadyFile(const std::string& path, int port) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  snapback::TuneMallocForLargeBuffers();  // chunk-sized buffers stay in the heap
   // Block the shutdown signals before any thread exists (gRPC starts some),
   // so every thread inherits the mask and only sigwait() below sees them.
   sigset_t signals;
@@ -190,11 +278,6 @@ int main(int argc, char** argv) {
   auto server = snapback::server::Server::Start(flags.options);
   if (!server.ok()) Fail(std::string(server.status().message()));
 
-  std::printf("snapback-server listening on %s (data %s, io %s)\n",
-              (*server)->address().c_str(), flags.options.data_dir.c_str(),
-              (*server)->io_mode().c_str());
-  std::fflush(stdout);
-
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
@@ -203,6 +286,8 @@ int main(int argc, char** argv) {
     (*server)->Shutdown(absl::Seconds(10));
   });
 
+  // The ready file first, then the "listening" line: a supervisor that sees
+  // the line (or the file) can rely on both.
   bool ready_ok = true;
   if (!flags.ready_file.empty() && !WriteReadyFile(flags.ready_file, (*server)->port())) {
     ready_ok = false;
@@ -210,6 +295,18 @@ int main(int argc, char** argv) {
                  flags.ready_file.c_str(), std::strerror(errno));
     // Wake the signal thread so the process shuts down the same way.
     kill(getpid(), SIGTERM);
+  } else {
+    const std::string& role = (*server)->role();
+    const std::string where =
+        role == "coordinator"
+            ? absl::StrCat("storage ",
+                           absl::StrJoin(flags.options.storage_endpoints, ","))
+            : absl::StrCat("io ", (*server)->io_mode());
+    std::printf("snapback-server listening on %s (role %s, data %s, %s)\n",
+                (*server)->address().c_str(),
+                role.empty() ? "storage+coordinator" : role.c_str(),
+                flags.options.data_dir.c_str(), where.c_str());
+    std::fflush(stdout);
   }
 
   (*server)->Wait();

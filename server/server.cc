@@ -113,44 +113,92 @@ bool IsLoopbackListenAddress(const std::string& listen) {
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
-  if (!options.role.empty() && options.role != "storage") {
+  const std::string& role = options.role;
+  if (!role.empty() && role != "storage" && role != "coordinator") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown role '", role, "'; use storage, coordinator, or no role for both"));
+  }
+  const bool run_storage = role != "coordinator";
+  const bool run_coordinator = role != "storage";
+  if (role == "coordinator" && options.storage_endpoints.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("role '", options.role,
-                     "' is not available yet; use --role=storage or omit --role"));
+        "--role=coordinator needs --storage-endpoints HOST:PORT[,...]: the storage "
+        "nodes that hold the chunks (or omit --role to run both roles in one process)");
+  }
+  if (role != "coordinator" && !options.storage_endpoints.empty()) {
+    return absl::InvalidArgumentError(
+        "--storage-endpoints is only for --role=coordinator; this server stores "
+        "chunks itself");
   }
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError(
-        "no data directory: pass --data-dir, the directory where chunks are stored");
+        "no data directory: pass --data-dir, the directory where chunks and/or "
+        "checkpoint metadata are stored");
   }
   if (options.listen.empty()) {
     return absl::InvalidArgumentError("empty listen address; use HOST:PORT");
   }
   SNAPBACK_RETURN_IF_ERROR(ValidateLimits(options.limits));
+  SNAPBACK_RETURN_IF_ERROR(ValidateCoordinatorOptions(options.coordinator));
+  if (options.gc_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("gc_interval must not be negative");
+  }
   // Before opening the store: a refused configuration must not touch disk.
   SNAPBACK_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                             MakeCredentials(options));
 
   std::unique_ptr<Server> server(new Server());
-  options.store.verify_on_put = false;  // the service verifies; see ServerOptions
-  SNAPBACK_ASSIGN_OR_RETURN(server->store_,
-                            storage::ChunkStore::Open(options.data_dir, options.store));
-  server->io_mode_ = server->store_->Stats().io_mode;
-
-  int verify_threads = options.verify_threads;
-  if (verify_threads <= 0) {
-    verify_threads = std::max(1u, std::thread::hardware_concurrency());
+  server->role_ = role;
+  if (role == "coordinator") {
+    SNAPBACK_ASSIGN_OR_RETURN(
+        server->tier_,
+        RemoteChunkTier::Connect(options.storage_endpoints, options.storage_client));
+  } else {
+    options.store.verify_on_put = false;  // the service verifies; see ServerOptions
+    SNAPBACK_ASSIGN_OR_RETURN(server->store_,
+                              storage::ChunkStore::Open(options.data_dir, options.store));
+    server->io_mode_ = server->store_->Stats().io_mode;
+    server->tier_ = std::make_unique<LocalChunkTier>(server->store_.get());
   }
-  server->verify_pool_ = std::make_unique<ThreadPool>(verify_threads);
-  server->io_pool_ = std::make_unique<ThreadPool>(std::max(1, options.io_threads));
-  server->service_ = std::make_unique<StorageServiceImpl>(
-      server->store_.get(), server->verify_pool_.get(), server->io_pool_.get(),
-      options.limits);
+  if (run_coordinator) {
+    SNAPBACK_ASSIGN_OR_RETURN(
+        server->coordinator_store_,
+        CoordinatorStore::Open(options.data_dir + "/meta", server->tier_.get(),
+                               options.coordinator));
+    server->coordinator_pool_ =
+        std::make_unique<ThreadPool>(std::max(1, options.coordinator_threads));
+    server->coordinator_service_ = std::make_unique<CoordinatorServiceImpl>(
+        server->coordinator_store_.get(), server->coordinator_pool_.get());
+  }
+  if (run_storage) {
+    int verify_threads = options.verify_threads;
+    if (verify_threads <= 0) {
+      verify_threads = std::max(1u, std::thread::hardware_concurrency());
+    }
+    server->verify_pool_ = std::make_unique<ThreadPool>(verify_threads);
+    server->io_pool_ = std::make_unique<ThreadPool>(std::max(1, options.io_threads));
+    server->service_ = std::make_unique<StorageServiceImpl>(
+        server->store_.get(), server->verify_pool_.get(), server->io_pool_.get(),
+        options.limits);
+  }
 
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, credentials, &port);
-  builder.RegisterService(server->service_.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.limits.max_frame_bytes));
+  if (server->service_ != nullptr) builder.RegisterService(server->service_.get());
+  if (server->coordinator_service_ != nullptr) {
+    builder.RegisterService(server->coordinator_service_.get());
+  }
+  // gRPC's receive limit is per server, not per service. A storage node
+  // lets gRPC refuse oversized frames; with the coordinator on the port the
+  // limit must fit a manifest, and the storage service checks frames itself.
+  uint64_t max_message = options.limits.max_frame_bytes;
+  if (run_coordinator) {
+    max_message = std::max<uint64_t>(max_message,
+                                     options.coordinator.max_manifest_bytes + (1u << 20));
+  }
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<uint64_t>(max_message, INT32_MAX)));
   // gRPC sets SO_REUSEPORT by default, which would let a second server bind
   // the same port silently and split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -169,7 +217,29 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   } else {
     server->address_ = options.listen;
   }
+  if (run_coordinator && options.gc_interval > absl::ZeroDuration()) {
+    server->gc_thread_ = std::thread(
+        [s = server.get(), interval = options.gc_interval] { s->GcLoop(interval); });
+  }
   return server;
+}
+
+void Server::GcLoop(absl::Duration interval) {
+  absl::MutexLock lock(&gc_mu_);
+  for (;;) {
+    // Only the schedule uses the real clock; every decision inside
+    // CollectGarbage reads the store's injected clock.
+    gc_mu_.AwaitWithTimeout(absl::Condition(&gc_stop_), interval);
+    if (gc_stop_) return;
+    gc_mu_.Unlock();
+    absl::StatusOr<v1::CollectGarbageResponse> gc = coordinator_store_->CollectGarbage();
+    if (!gc.ok()) {
+      std::fprintf(
+          stderr, "snapback-server: garbage collection failed (retrying in %s): %s\n",
+          absl::FormatDuration(interval).c_str(), gc.status().ToString().c_str());
+    }
+    gc_mu_.Lock();
+  }
 }
 
 Server::~Server() { Shutdown(); }
@@ -177,12 +247,18 @@ Server::~Server() { Shutdown(); }
 void Server::Shutdown(absl::Duration grace) {
   absl::MutexLock lock(&shutdown_mu_);
   if (shutdown_done_.HasBeenNotified()) return;
+  {
+    absl::MutexLock gc_lock(&gc_mu_);
+    gc_stop_ = true;
+  }
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   }
   // Cancelled calls still finish their pool work (e.g. a Put waiting for
-  // fsync) before the pools and the store may go away.
+  // fsync) before the pools and the stores may go away.
   if (service_ != nullptr) service_->WaitIdle();
+  if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle();
+  if (gc_thread_.joinable()) gc_thread_.join();
   shutdown_done_.Notify();
 }
 

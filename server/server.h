@@ -1,14 +1,20 @@
-// snapback::server::Server: a storage node as a library.
+// snapback::server::Server: a snapback-server process as a library.
 //
-// Start() opens the chunk store in data_dir, starts the gRPC server with the
-// StorageService on `listen`, and returns once it is serving; main() only
-// turns flags into ServerOptions. Tests start servers on "127.0.0.1:0" and read
-// the bound port back with port().
+// Start() opens what the role needs in data_dir, starts the gRPC server on
+// `listen`, and returns once it is serving; main() only turns flags into
+// ServerOptions. Tests start servers on "127.0.0.1:0" and read the bound port
+// back with port().
 //
-// Roles: a snapback-server process will serve the "coordinator" role, the
-// "storage" role, or both (empty role: the embedded single-machine default).
-// Only the storage services exist so far, so "" and "storage" are accepted
-// and anything else fails with INVALID_ARGUMENT.
+// Roles (one port each way):
+//   ""             both services, the embedded single-machine default: the
+//                  chunk store in DATA_DIR (segments/, index/) and the
+//                  coordinator's metadata in DATA_DIR/meta; the coordinator
+//                  checks and deletes chunks in the local store directly.
+//   "storage"      the StorageService only (a storage node).
+//   "coordinator"  the CoordinatorService only, metadata in DATA_DIR/meta;
+//                  chunks live on the storage nodes of storage_endpoints,
+//                  reached through StorageClient.
+// Every role except "storage" also runs CollectGarbage every gc_interval.
 //
 // Transport security: TLS when tls_cert_file/tls_key_file are set, and
 // mutual TLS (client certificates required and verified) when
@@ -23,11 +29,17 @@
 
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "client/storage_client.h"
+#include "server/chunk_tier.h"
+#include "server/coordinator_service.h"
+#include "server/coordinator_store.h"
 #include "server/storage_service.h"
 #include "storage/chunk_store.h"
 
@@ -38,17 +50,38 @@ class Server;
 namespace snapback::server {
 
 struct ServerOptions {
-  // Directory of the chunk store (created if missing). Required.
+  // Directory of the chunk store and/or the coordinator metadata (created if
+  // missing). Required.
   // Default: "" (Start fails with INVALID_ARGUMENT)
   std::string data_dir;
   // HOST:PORT to listen on; port 0 picks a free port (see Server::port()).
   // IPv6 hosts in brackets ("[::1]:7420"); "unix:/path" for a unix socket.
   // Default: "127.0.0.1:0"
   std::string listen = "127.0.0.1:0";
-  // Which services this process runs: "" (all, the embedded default) or
-  // "storage". "coordinator" arrives with the coordinator service.
+  // Which services this process runs: "" (all, the embedded default),
+  // "storage" or "coordinator" (see the top of this file).
   // Default: ""
   std::string role;
+  // Storage nodes (HOST:PORT) of a "coordinator" role; required there and
+  // refused for the other roles.
+  // Default: {}
+  std::vector<std::string> storage_endpoints;
+  // How the coordinator role connects to the storage nodes: TLS root CA,
+  // client certificate (mTLS), server name override, per-call deadline.
+  // Default: see internal_client::StorageClientOptions (plaintext)
+  internal_client::StorageClientOptions storage_client;
+  // The coordinator's metadata engine: lease, GC grace, default retention,
+  // manifest limits. Its `recovery` should match store.index_recovery.
+  // Default: see CoordinatorOptions
+  CoordinatorOptions coordinator;
+  // How often the coordinator runs CollectGarbage on its own (retention,
+  // lease expiry, chunk deletion); zero = only when asked over gRPC.
+  // Default: 5 min
+  absl::Duration gc_interval = absl::Minutes(5);
+  // Threads that run coordinator calls (each may wait for an fsync or a
+  // storage node, so several let independent calls proceed).
+  // Default: 4
+  int coordinator_threads = 4;
   // PEM certificate chain and private key of this server. Both or neither.
   // Default: "" (plaintext)
   std::string tls_cert_file;
@@ -98,32 +131,52 @@ class Server {
   int port() const { return port_; }
   // `listen` with the bound port filled in, e.g. "127.0.0.1:40123".
   const std::string& address() const { return address_; }
-  // How the store writes segments, e.g. "io_uring+O_DIRECT".
+  // How the store writes segments, e.g. "io_uring+O_DIRECT"; "" without a
+  // local chunk store (role "coordinator").
   const std::string& io_mode() const { return io_mode_; }
+  // The role being served ("", "storage" or "coordinator").
+  const std::string& role() const { return role_; }
 
-  // Stops accepting calls, lets calls in flight finish for up to `grace`,
-  // cancels the rest, and waits until every call and the store work it
-  // started is done. Idempotent; later calls return at once.
+  // Stops the GC loop and accepting calls, lets calls in flight finish for
+  // up to `grace`, cancels the rest, and waits until every call and the
+  // store work it started is done. Idempotent; later calls return at once.
   void Shutdown(absl::Duration grace = absl::Seconds(10));
   // Blocks until Shutdown() has completed.
   void Wait();
 
-  // The service, for tests (e.g. TEST_ActiveCalls()).
+  // The services and the metadata engine, for tests; nullptr when the role
+  // does not run them.
   StorageServiceImpl* TEST_service() { return service_.get(); }
+  CoordinatorServiceImpl* TEST_coordinator_service() {
+    return coordinator_service_.get();
+  }
+  CoordinatorStore* TEST_coordinator_store() { return coordinator_store_.get(); }
 
  private:
   Server() = default;
+  void GcLoop(absl::Duration interval);
 
-  // Destruction order matters: gRPC server before the service it calls,
-  // service before the pools its calls use, pools before the store.
+  // Destruction order matters: gRPC server before the services it calls,
+  // services before the pools their calls use, pools before the stores, the
+  // metadata engine before the tier it calls, the tier before the chunk
+  // store it wraps.
   std::unique_ptr<storage::ChunkStore> store_;
+  std::unique_ptr<ChunkTier> tier_;
+  std::unique_ptr<CoordinatorStore> coordinator_store_;
   std::unique_ptr<ThreadPool> verify_pool_;
   std::unique_ptr<ThreadPool> io_pool_;
+  std::unique_ptr<ThreadPool> coordinator_pool_;
   std::unique_ptr<StorageServiceImpl> service_;
+  std::unique_ptr<CoordinatorServiceImpl> coordinator_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
   std::string address_;
   std::string io_mode_;
+  std::string role_;
+
+  absl::Mutex gc_mu_;
+  bool gc_stop_ ABSL_GUARDED_BY(gc_mu_) = false;
+  std::thread gc_thread_;
 
   absl::Mutex shutdown_mu_;  // serialises Shutdown()
   absl::Notification shutdown_done_;

@@ -158,6 +158,16 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
   }
 
   absl::Status HandleFrame() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // gRPC enforces this itself on a storage-only server; with the
+    // coordinator on the same port its limit is raised for manifests.
+    const size_t frame_bytes = request_.ByteSizeLong();
+    if (frame_bytes > c_->limits.max_frame_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "frame of ", frame_bytes, " bytes is larger than max_frame_bytes (",
+          c_->limits.max_frame_bytes,
+          "); send a chunk's encoded bytes in slices of at most ",
+          c_->limits.max_frame_bytes - kFrameSlackBytes, " bytes"));
+    }
     std::string* slice = request_.mutable_data();
     bytes_received_ += slice->size();
     buffered_bytes_ += slice->size();
@@ -634,6 +644,35 @@ grpc::ServerUnaryReactor* StorageServiceImpl::HasChunks(
         for (bool p : *present) response->add_present(p);
       } else {
         status = present.status();
+      }
+    }
+    reactor->Finish(ToGrpcStatus(status));
+    CallEnded();
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::DeleteChunks(
+    grpc::CallbackServerContext* ctx, const snapback::v1::DeleteChunksRequest* request,
+    snapback::v1::DeleteChunksResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
+  if (!ids.ok()) {
+    reactor->Finish(ToGrpcStatus(ids.status()));
+    return reactor;
+  }
+  CallStarted();
+  // A synced index write: never on a gRPC callback thread.
+  context_.io_pool->Schedule([this, ctx, reactor, response, ids = std::move(*ids)] {
+    absl::Status status;
+    if (ctx->IsCancelled()) {
+      status = absl::CancelledError("DeleteChunks cancelled");
+    } else {
+      absl::StatusOr<int> deleted = context_.store->Delete(ids);
+      if (deleted.ok()) {
+        response->set_deleted(static_cast<uint32_t>(*deleted));
+      } else {
+        status = Annotate(deleted.status(), "deleting chunks");
       }
     }
     reactor->Finish(ToGrpcStatus(status));

@@ -39,9 +39,12 @@ inline constexpr uint32_t kFrameSlackBytes = 64u << 10;
 // INVALID_ARGUMENT (or RESOURCE_EXHAUSTED from gRPC for an oversized frame)
 // and stores nothing of the offending chunk.
 struct StorageLimits {
-  // Largest serialized frame (message) the server accepts; also set as gRPC's
-  // max receive message size. GetChunks sends slices of at most
-  // max_frame_bytes - kFrameSlackBytes data bytes.
+  // Largest serialized frame (message) the server accepts. On a storage-only
+  // server this is gRPC's max receive message size, so an oversized frame is
+  // refused before it is read; when the same port serves the coordinator
+  // (whose manifests are larger) the service checks each frame itself.
+  // GetChunks sends slices of at most max_frame_bytes - kFrameSlackBytes data
+  // bytes.
   // Default: 4 MiB + 64 KiB
   uint32_t max_frame_bytes = (4u << 20) + kFrameSlackBytes;
   // Largest chunk, raw and encoded. Never above kMaxChunkRawBytes.
@@ -86,6 +89,9 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
   grpc::ServerUnaryReactor* Stat(grpc::CallbackServerContext* ctx,
                                  const snapback::v1::StatRequest* request,
                                  snapback::v1::StatResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteChunks(
+      grpc::CallbackServerContext* ctx, const snapback::v1::DeleteChunksRequest* request,
+      snapback::v1::DeleteChunksResponse* response) override;
 
   // Blocks until no call is alive (every reactor is done and no pool task of
   // a call is pending) or `deadline` passes. Returns true when idle.

@@ -66,8 +66,8 @@ TEST_F(ClientProcessTest, EightRankProcessesSaveAndRestoreBitExact) {
   constexpr int kWorld = 8;
   std::vector<std::unique_ptr<Subprocess>> ranks;
   for (int r = 0; r < kWorld; ++r) {
-    ranks.push_back(Rank("procs8", r, kWorld, 1, {"--steps", "1,2,3", "--mib", "3",
-                                                  "--chunk-kib", "512"}));
+    ranks.push_back(Rank("procs8", r, kWorld, 1,
+                         {"--steps", "1,2,3", "--mib", "3", "--chunk-kib", "512"}));
   }
   for (int r = 0; r < kWorld; ++r) EXPECT_EQ(ranks[r]->Wait(absl::Seconds(120)), 0) << r;
   EXPECT_EQ(Latest("procs8", kWorld), 3);
@@ -121,10 +121,20 @@ TEST_F(ClientProcessTest, RankKilledMidSaveNeverMakesThatStepLatest) {
 }
 
 TEST_F(ClientProcessTest, StagingCapBoundsPeakMemoryOfASaveFourTimesLarger) {
-  // 256 MiB saved with a 64 MiB cap: the process may hold the tensor itself,
-  // the cap, and a little for gRPC and zstd; a copy of the whole tensor
-  // would add 256 MiB.
-  auto p = Rank("rss", 0, 1, 1, {"--steps", "1", "--mib", "256", "--staging-mib", "64"});
+  // 128 MiB saved with a 32 MiB cap. The process holds the tensor itself,
+  // the cap (staging copies + encoded chunks in flight) and a fixed
+  // allowance for gRPC's transport buffers and the allocator (measured
+  // ~31 MiB, independent of the cap and of the checkpoint's size). Without
+  // the cap, a save holds a staging copy and an encoded copy of everything:
+  // 256 MiB more.
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "ASan's quarantine and shadow memory make RSS meaningless; this test "
+                  "runs in the plain build";
+#endif
+  constexpr uint64_t kTensorMib = 128, kCapMib = 32, kAllowanceMib = 48;
+  auto p = Rank("rss", 0, 1, 1,
+                {"--steps", "1", "--mib", std::to_string(kTensorMib), "--staging-mib",
+                 std::to_string(kCapMib)});
   auto line = p->WaitForLine("rss", absl::Seconds(300));
   ASSERT_TRUE(line.has_value());
   std::vector<std::string> parts = absl::StrSplit(*line, ' ');
@@ -132,9 +142,11 @@ TEST_F(ClientProcessTest, StagingCapBoundsPeakMemoryOfASaveFourTimesLarger) {
   uint64_t base = 0, peak = 0;
   ASSERT_TRUE(absl::SimpleAtoi(parts[1], &base) && absl::SimpleAtoi(parts[2], &peak));
   const uint64_t grown_mib = (peak - base) >> 10;
-  std::printf("peak RSS grew by %llu MiB for a 256 MiB save with a 64 MiB cap\n",
-              static_cast<unsigned long long>(grown_mib));
-  EXPECT_LE(grown_mib, 256u + 64u + 48u);
+  std::printf("peak RSS grew by %llu MiB for a %llu MiB save with a %llu MiB cap\n",
+              static_cast<unsigned long long>(grown_mib),
+              static_cast<unsigned long long>(kTensorMib),
+              static_cast<unsigned long long>(kCapMib));
+  EXPECT_LE(grown_mib, kTensorMib + kCapMib + kAllowanceMib);
   EXPECT_EQ(p->Wait(absl::Seconds(60)), 0);
 }
 

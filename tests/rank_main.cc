@@ -33,7 +33,8 @@ uint64_t ProcStatusKib(const char* field) {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind(field, 0) == 0) return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10);
+    if (line.rfind(field, 0) == 0)
+      return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10);
   }
   return 0;
 }
@@ -63,17 +64,25 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(v, &n)) Fail(a + " needs a number");
       return n;
     };
-    if (a == "--endpoint") co.endpoint = value();
-    else if (a == "--job") o.job_id = value();
-    else if (a == "--rank") o.rank = static_cast<int>(number());
-    else if (a == "--world") o.world_size = static_cast<int>(number());
-    else if (a == "--incarnation") o.incarnation = number();
-    else if (a == "--mib") mib = number();
-    else if (a == "--chunk-kib") o.chunk_bytes = number() << 10;
+    if (a == "--endpoint")
+      co.endpoint = value();
+    else if (a == "--job")
+      o.job_id = value();
+    else if (a == "--rank")
+      o.rank = static_cast<int>(number());
+    else if (a == "--world")
+      o.world_size = static_cast<int>(number());
+    else if (a == "--incarnation")
+      o.incarnation = number();
+    else if (a == "--mib")
+      mib = number();
+    else if (a == "--chunk-kib")
+      o.chunk_bytes = number() << 10;
     else if (a == "--staging-mib") {
       o.staging_bytes = number() << 20;
       report_rss = true;
-    } else if (a == "--restore-check") restore_check = true;
+    } else if (a == "--restore-check")
+      restore_check = true;
     else if (a == "--steps") {
       steps.clear();
       for (absl::string_view s : absl::StrSplit(value(), ',')) {
@@ -81,7 +90,8 @@ int main(int argc, char** argv) {
         if (!absl::SimpleAtoi(s, &n)) Fail("--steps takes numbers separated by commas");
         steps.push_back(n);
       }
-    } else Fail("unknown flag " + a);
+    } else
+      Fail("unknown flag " + a);
   }
   o.compress = false;
   auto client = snapback::Client::Connect(co);
@@ -93,8 +103,10 @@ int main(int argc, char** argv) {
   if (restore_check) {
     auto r = (*ck)->Restore();
     if (!r.ok()) Fail(r.status().ToString());
-    if (r->tensors.size() != 1 || r->tensors[0].bytes != TensorBytes(rank, r->step, mib << 20)) {
-      Fail("restored bytes differ from what was saved at step " + std::to_string(r->step));
+    if (r->tensors.size() != 1 ||
+        r->tensors[0].bytes != TensorBytes(rank, r->step, mib << 20)) {
+      Fail("restored bytes differ from what was saved at step " +
+           std::to_string(r->step));
     }
     std::printf("restored %lld\n", static_cast<long long>(r->step));
     std::fflush(stdout);
@@ -104,7 +116,8 @@ int main(int argc, char** argv) {
   const uint64_t base_rss = ProcStatusKib("VmRSS:");
   for (int64_t step : steps) {
     std::string w = TensorBytes(rank, step, mib << 20);
-    snapback::TensorView t{.name = "w", .dtype = snapback::DType::kUInt8,
+    snapback::TensorView t{.name = "w",
+                           .dtype = snapback::DType::kUInt8,
                            .shape = {static_cast<int64_t>(w.size())}};
     t.data = w.data();
     std::printf("saving %lld\n", static_cast<long long>(step));

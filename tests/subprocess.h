@@ -28,7 +28,8 @@ class Subprocess {
   std::optional<std::string> ReadLine(absl::Duration timeout);
   // Reads lines until one starts with `prefix`; returns it (nullopt on
   // EOF/timeout).
-  std::optional<std::string> WaitForLine(const std::string& prefix, absl::Duration timeout);
+  std::optional<std::string> WaitForLine(const std::string& prefix,
+                                         absl::Duration timeout);
   void Kill(int signal);
   // Waits for exit; returns the exit code, 128+signal when killed, or -1 on
   // timeout.

@@ -81,9 +81,12 @@ struct CheckpointerOptions {
   // Bytes per chunk: the unit of dedup, upload and verification.
   // Default: 4 MiB
   uint64_t chunk_bytes = 4ull << 20;
-  // Hard cap on staging memory (the copy of tensors Save() takes). A save
-  // larger than the cap still works: Save() then blocks until the pipeline
-  // frees buffers (backpressure instead of unbounded memory).
+  // Hard cap on the library's checkpoint memory: half stages the copy of
+  // the tensors Save() takes, half holds encoded chunks waiting for or in
+  // upload (gRPC's transport adds a fixed ~30 MiB on top). A save larger than
+  // half the cap still works: Save() then blocks until the pipeline frees
+  // buffers (backpressure instead of unbounded memory). For Save() to block
+  // only for the copy, set it to twice the checkpoint size.
   // Default: 1 GiB
   uint64_t staging_bytes = 1ull << 30;
   // Threads copying tensors into staging during Save().
@@ -121,16 +124,18 @@ struct SaveStats {
   int64_t step = -1;
   // The save was skipped (BusyPolicy::kSkip with max_inflight reached).
   bool skipped = false;
-  uint64_t logical_bytes = 0;   // tensors + blobs
+  uint64_t logical_bytes = 0;  // tensors + blobs
   uint64_t chunks = 0;
   uint64_t chunks_unchanged = 0;  // same bytes as the previous save (xxh3)
   uint64_t chunks_present = 0;    // already on the storage tier (not sent)
   uint64_t new_bytes = 0;         // raw bytes of chunks that had to be sent
   uint64_t sent_bytes = 0;        // encoded bytes sent
-  absl::Duration blocked = absl::ZeroDuration();         // time Save() blocked the caller
-  absl::Duration snapshot = absl::ZeroDuration();        // copy into staging (overlaps `blocked`)
-  absl::Duration to_durable = absl::ZeroDuration();      // Save() call -> every chunk durable
-  absl::Duration to_commit = absl::ZeroDuration();       // Save() call -> this rank's manifest committed
+  absl::Duration blocked = absl::ZeroDuration();  // time Save() blocked the caller
+  absl::Duration snapshot =
+      absl::ZeroDuration();  // copy into staging (overlaps `blocked`)
+  absl::Duration to_durable = absl::ZeroDuration();  // Save() call -> every chunk durable
+  absl::Duration to_commit =
+      absl::ZeroDuration();  // Save() call -> this rank's manifest committed
   // True when this rank's commit completed the global checkpoint.
   bool checkpoint_committed = false;
 };
@@ -180,7 +185,8 @@ class Checkpointer {
   // background. Returns the handle, or the error of an earlier background
   // failure (which is then cleared), or INVALID_ARGUMENT for bad views
   // (duplicate names, null data, bad shapes). `step` must grow.
-  virtual absl::StatusOr<SaveHandle> Save(int64_t step, absl::Span<const TensorView> tensors,
+  virtual absl::StatusOr<SaveHandle> Save(int64_t step,
+                                          absl::Span<const TensorView> tensors,
                                           absl::Span<const BlobView> blobs = {}) = 0;
   // Overlap mode: blocks until the last save's snapshot copy is done.
   virtual absl::Status WaitSnapshot() = 0;
@@ -193,7 +199,8 @@ class Checkpointer {
   // Restores this rank's part of `step` (nullopt = LatestStep()). Every byte
   // is SHA-256 verified; a chunk with no good copy is DATA_LOSS. NOT_FOUND
   // when there is nothing to restore.
-  virtual absl::StatusOr<RestoreResult> Restore(std::optional<int64_t> step = std::nullopt) = 0;
+  virtual absl::StatusOr<RestoreResult> Restore(
+      std::optional<int64_t> step = std::nullopt) = 0;
 
   // Flushes and stops the background threads. Later calls fail.
   virtual absl::Status Close() = 0;

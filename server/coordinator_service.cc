@@ -1,0 +1,183 @@
+#include "server/coordinator_service.h"
+
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+
+namespace snapback::server {
+namespace {
+
+// Moves a store result into the gRPC response.
+template <typename T>
+absl::Status Fill(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return result.status();
+  *response = *std::move(result);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::Run(
+    grpc::CallbackServerContext* ctx, absl::string_view rpc,
+    std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  {
+    absl::MutexLock lock(&mu_);
+    ++active_calls_;
+  }
+  pool_->Schedule([this, ctx, reactor, rpc = std::string(rpc), work = std::move(work)] {
+    absl::Status status;
+    // Calls may queue behind others (mutations are serialized in the
+    // store); one whose caller gave up is not started at all.
+    if (ctx->deadline() <= std::chrono::system_clock::now()) {
+      status = absl::DeadlineExceededError(
+          absl::StrCat(rpc, ": the deadline passed before the call could run"));
+    } else if (ctx->IsCancelled()) {
+      status = absl::CancelledError(absl::StrCat(rpc, " cancelled by the client"));
+    } else {
+      status = work();
+    }
+    reactor->Finish(ToGrpcStatus(status));
+    absl::MutexLock lock(&mu_);
+    --active_calls_;
+  });
+  return reactor;
+}
+
+bool CoordinatorServiceImpl::WaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(
+      absl::Condition(
+          +[](int* calls) { return *calls == 0; }, &active_calls_),
+      deadline);
+}
+
+int CoordinatorServiceImpl::TEST_ActiveCalls() {
+  absl::MutexLock lock(&mu_);
+  return active_calls_;
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::RegisterJob(
+    grpc::CallbackServerContext* ctx, const v1::RegisterJobRequest* req,
+    v1::RegisterJobResponse* resp) {
+  return Run(ctx, "RegisterJob",
+             [this, req, resp] { return Fill(store_->RegisterJob(*req), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::DescribeJob(
+    grpc::CallbackServerContext* ctx, const v1::DescribeJobRequest* req,
+    v1::JobInfo* resp) {
+  return Run(ctx, "DescribeJob", [this, req, resp] {
+    return Fill(store_->DescribeJob(req->job_id()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::ListJobs(
+    grpc::CallbackServerContext* ctx, const v1::ListJobsRequest* req,
+    v1::ListJobsResponse* resp) {
+  (void)req;
+  return Run(ctx, "ListJobs", [this, resp] { return Fill(store_->ListJobs(), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::BeginCheckpoint(
+    grpc::CallbackServerContext* ctx, const v1::BeginCheckpointRequest* req,
+    v1::BeginCheckpointResponse* resp) {
+  return Run(ctx, "BeginCheckpoint",
+             [this, req, resp] { return Fill(store_->BeginCheckpoint(*req), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::ClaimChunks(
+    grpc::CallbackServerContext* ctx, const v1::ClaimChunksRequest* req,
+    v1::ClaimChunksResponse* resp) {
+  return Run(ctx, "ClaimChunks",
+             [this, req, resp] { return Fill(store_->ClaimChunks(*req), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::CommitRank(
+    grpc::CallbackServerContext* ctx, const v1::CommitRankRequest* req,
+    v1::CommitRankResponse* resp) {
+  return Run(ctx, "CommitRank",
+             [this, req, resp] { return Fill(store_->CommitRank(*req), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::AbortCheckpoint(
+    grpc::CallbackServerContext* ctx, const v1::AbortCheckpointRequest* req,
+    v1::AbortCheckpointResponse* resp) {
+  return Run(ctx, "AbortCheckpoint",
+             [this, req, resp] { return Fill(store_->AbortCheckpoint(*req), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::GetLatest(
+    grpc::CallbackServerContext* ctx, const v1::GetLatestRequest* req,
+    v1::GetLatestResponse* resp) {
+  return Run(ctx, "GetLatest",
+             [this, req, resp] { return Fill(store_->GetLatest(req->job_id()), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::GetManifest(
+    grpc::CallbackServerContext* ctx, const v1::GetManifestRequest* req,
+    v1::GetManifestResponse* resp) {
+  return Run(ctx, "GetManifest",
+             [this, req, resp] { return Fill(store_->GetManifest(*req), resp); });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::ListCheckpoints(
+    grpc::CallbackServerContext* ctx, const v1::ListCheckpointsRequest* req,
+    v1::ListCheckpointsResponse* resp) {
+  return Run(ctx, "ListCheckpoints", [this, req, resp] {
+    return Fill(store_->ListCheckpoints(req->job_id()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::PinCheckpoint(
+    grpc::CallbackServerContext* ctx, const v1::PinCheckpointRequest* req,
+    v1::CheckpointInfo* resp) {
+  return Run(ctx, "PinCheckpoint", [this, req, resp] {
+    return Fill(store_->PinCheckpoint(req->job_id(), req->step(), true), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::UnpinCheckpoint(
+    grpc::CallbackServerContext* ctx, const v1::PinCheckpointRequest* req,
+    v1::CheckpointInfo* resp) {
+  return Run(ctx, "UnpinCheckpoint", [this, req, resp] {
+    return Fill(store_->PinCheckpoint(req->job_id(), req->step(), false), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::DeleteCheckpoint(
+    grpc::CallbackServerContext* ctx, const v1::DeleteCheckpointRequest* req,
+    v1::DeleteCheckpointResponse* resp) {
+  return Run(ctx, "DeleteCheckpoint", [this, req, resp] {
+    return Fill(store_->DeleteCheckpoint(req->job_id(), req->step()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::SetRestoreTarget(
+    grpc::CallbackServerContext* ctx, const v1::SetRestoreTargetRequest* req,
+    v1::JobInfo* resp) {
+  return Run(ctx, "SetRestoreTarget", [this, req, resp] {
+    return Fill(store_->SetRestoreTarget(req->job_id(), req->step()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::ClearRestoreTarget(
+    grpc::CallbackServerContext* ctx, const v1::DescribeJobRequest* req,
+    v1::JobInfo* resp) {
+  return Run(ctx, "ClearRestoreTarget", [this, req, resp] {
+    return Fill(store_->ClearRestoreTarget(req->job_id()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::CollectGarbage(
+    grpc::CallbackServerContext* ctx, const v1::CollectGarbageRequest* req,
+    v1::CollectGarbageResponse* resp) {
+  (void)req;
+  return Run(ctx, "CollectGarbage",
+             [this, resp] { return Fill(store_->CollectGarbage(), resp); });
+}
+
+}  // namespace snapback::server
