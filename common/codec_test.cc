@@ -7,30 +7,18 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "storage/test_util.h"
 
 namespace snapback {
 namespace {
 
-// Bytes that look like trained fp32 weights: random mantissas, exponents in a
-// narrow band, so shuffle+zstd finds something to compress.
+// Bytes that look like trained fp32 weights (compressible with
+// shuffle+zstd), and random bytes.
 std::string FloatLike(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 0.02f);
-  std::string out(n, '\0');
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    float f = dist(rng);
-    std::memcpy(&out[i], &f, 4);
-  }
-  for (; i < n; ++i) out[i] = static_cast<char>(rng());
-  return out;
+  return storage::testing::MakeBytes(n, seed, /*float_like=*/true);
 }
-
 std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; ++i) out[i] = static_cast<char>(rng());
-  return out;
+  return storage::testing::MakeBytes(n, seed, /*float_like=*/false);
 }
 
 TEST(ByteShuffle, RoundTripsEveryWidthAndOddTails) {

@@ -52,7 +52,8 @@ struct Model {
     for (int l = 0; l < kLayers; ++l) {
       layers[l].resize(floats_per_layer);
       for (size_t i = 0; i < floats_per_layer; ++i) {
-        layers[l][i] = static_cast<float>((Mix(rank * 131 + l * 7 + i) % 2001) - 1000) * 1e-4f;
+        layers[l][i] =
+            static_cast<float>((Mix(rank * 131 + l * 7 + i) % 2001) - 1000) * 1e-4f;
       }
     }
   }
@@ -62,8 +63,9 @@ struct Model {
   void Step(int rank, int64_t step) {
     auto update = [&](std::vector<float>& w, size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) {
-        float g = static_cast<float>((Mix(rank * 1000003ULL + step * 7919ULL + i) % 2001) -
-                                     1000) * 1e-6f;
+        float g = static_cast<float>(
+                      (Mix(rank * 1000003ULL + step * 7919ULL + i) % 2001) - 1000) *
+                  1e-6f;
         w[i] = w[i] * 0.999f - g;
       }
     };
@@ -119,11 +121,16 @@ int main(int argc, char** argv) {
     int64_t v = 0;
     if (i + 1 >= argc || !absl::SimpleAtoi(argv[i + 1], &v)) Fail(a + " needs a number");
     ++i;
-    if (a == "--steps") steps = v;
-    else if (a == "--save-every") save_every = v;
-    else if (a == "--mib") mib = v;
-    else if (a == "--kill-self-mid-save") kill_at = v;
-    else Fail("unknown flag " + a);
+    if (a == "--steps")
+      steps = v;
+    else if (a == "--save-every")
+      save_every = v;
+    else if (a == "--mib")
+      mib = v;
+    else if (a == "--kill-self-mid-save")
+      kill_at = v;
+    else
+      Fail("unknown flag " + a);
   }
   const size_t floats = (mib << 20) / 4 / kLayers;
 
@@ -131,7 +138,8 @@ int main(int argc, char** argv) {
   if (!client.ok()) Fail(client.status().ToString());
   auto ck = (*client)->NewCheckpointer({});
   if (!ck.ok()) Fail(ck.status().ToString());
-  const int rank = std::atoi(std::getenv("SNAPBACK_RANK") ? std::getenv("SNAPBACK_RANK") : "0");
+  const int rank =
+      std::atoi(std::getenv("SNAPBACK_RANK") ? std::getenv("SNAPBACK_RANK") : "0");
 
   Model model(rank, floats);
   int64_t start = 0;
