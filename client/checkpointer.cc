@@ -190,7 +190,11 @@ struct SaveJob {
   // Per-task results (written by the driver's hashing tasks).
   std::vector<ChunkId> ids;
   std::vector<XXH128_hash_t> fast;
+  // Per item: kUndecided, kCompress or kRaw (see min_compress_saving).
+  std::unique_ptr<std::atomic<int>[]> codec_choice;
 };
+
+enum CodecChoice { kUndecided = 0, kCompress = 1, kRaw = 2 };
 
 class CheckpointerImpl;
 
@@ -314,6 +318,9 @@ class CheckpointerImpl final : public Checkpointer {
   // driver thread reads or writes it after construction (and Restore(),
   // which runs when no save is in flight).
   absl::flat_hash_map<std::string, PrevChunk> prev_;
+  // Whether each tensor's chunks are worth compressing, decided on its first
+  // chunk and kept for later saves.
+  absl::flat_hash_map<std::string, int> codec_choice_;
   absl::Mutex prev_mu_;
   std::thread driver_;
 };
@@ -435,6 +442,14 @@ absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
   }
   job->ids.resize(job->tasks.size());
   job->fast.resize(job->tasks.size());
+  job->codec_choice.reset(new std::atomic<int>[job->items.size()]);
+  {
+    absl::MutexLock lock(&prev_mu_);
+    for (size_t i = 0; i < job->items.size(); ++i) {
+      auto it = codec_choice_.find(job->items[i].name);
+      job->codec_choice[i] = it == codec_choice_.end() ? kUndecided : it->second;
+    }
+  }
   return job;
 }
 
@@ -646,8 +661,13 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
     {
       absl::MutexLock lock(&job->mu);
       const size_t want = std::min<size_t>(batch_chunks_, job->tasks.size() - processed);
-      auto enough = [job, want]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(job->mu) {
-        return job->staged.size() >= want || job->copy_finished;
+      // The caller waits for the copy, not for the pipeline: leave the CPU
+      // to the copy until it is done, unless it has filled the pool and
+      // waits for us (re-checked on every chunk it stages).
+      StagingPool* pool = &staging_;
+      auto enough = [job, want, pool]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(job->mu) {
+        return job->copy_finished ||
+               (job->staged.size() >= want && pool->available() == 0);
       };
       job->mu.Await(absl::Condition(&enough));
       if (job->staged.empty()) {
@@ -725,10 +745,18 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
           const Item& item = job->items[t.item];
           EncodeOptions o = enc;
           o.element_size = item.is_blob ? 1 : static_cast<int>(DTypeSize(item.dtype));
+          std::atomic<int>& choice = job->codec_choice[t.item];
+          if (choice.load() == kRaw) o.codec = Codec::kNone;
           // The id was computed above (or reused for an unchanged chunk):
           // do not hash the bytes a second time.
           auto c = EncodeChunkWithId({buf.data(), t.length}, job->ids[i], o);
           if (c.ok()) {
+            if (o.codec != Codec::kNone && choice.load() == kUndecided && t.length > 0) {
+              const double saving = 1.0 - static_cast<double>(c->data.size()) / t.length;
+              int undecided = kUndecided;
+              choice.compare_exchange_strong(
+                  undecided, saving >= options_.min_compress_saving ? kCompress : kRaw);
+            }
             (*encoded)[k] = *std::move(c);
           } else {
             encode_status[k] = c.status();
@@ -793,6 +821,11 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
   }
   // This save is now the base of the next incremental check.
   absl::MutexLock lock(&prev_mu_);
+  for (size_t i = 0; i < job->items.size(); ++i) {
+    if (job->codec_choice[i] != kUndecided) {
+      codec_choice_[job->items[i].name] = job->codec_choice[i];
+    }
+  }
   prev_.clear();
   for (size_t i = 0; i < job->tasks.size(); ++i) {
     const Task& t = job->tasks[i];

@@ -1,5 +1,7 @@
 #include "client/staging_pool.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 
 namespace snapback::internal_client {
@@ -25,9 +27,14 @@ StagingPool::Buffer StagingPool::Acquire() {
     return Buffer(this, std::move(data));
   }
   ++allocated_;
-  // new char[] leaves the bytes uninitialised: no page is touched before the
-  // copy writes it.
-  return Buffer(this, std::unique_ptr<char[]>(new char[chunk_bytes_]));
+  // Untouched until the copy writes it; huge pages where the kernel has
+  // them (madvise mode), ordinary pages otherwise.
+  constexpr size_t kHuge = 2 << 20;
+  const size_t size = (chunk_bytes_ + kHuge - 1) / kHuge * kHuge;
+  char* p = static_cast<char*>(std::aligned_alloc(kHuge, size));
+  if (p == nullptr) std::abort();  // as operator new would
+  (void)madvise(p, size, MADV_HUGEPAGE);
+  return Buffer(this, Memory(p));
 }
 
 int StagingPool::allocated() {
@@ -35,7 +42,12 @@ int StagingPool::allocated() {
   return allocated_;
 }
 
-void StagingPool::Return(std::unique_ptr<char[]> data) {
+int StagingPool::available() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(free_.size()) + capacity_ - allocated_;
+}
+
+void StagingPool::Return(Memory data) {
   absl::MutexLock lock(&mu_);
   free_.push_back(std::move(data));
 }

@@ -2,13 +2,16 @@
 // buffers (cap / chunk size), allocated on first use and reused across
 // saves, so the memory a checkpoint takes is bounded no matter how large
 // the model is: when every buffer is in use, Acquire() waits for the
-// pipeline to release one (backpressure).
+// pipeline to release one (backpressure). Buffers are 2 MiB aligned and
+// asked for transparent huge pages, so the first save faults a 4 MiB chunk
+// in 2 page faults instead of 1024.
 //
 // Thread-safe.
 #ifndef SNAPBACK_CLIENT_STAGING_POOL_H_
 #define SNAPBACK_CLIENT_STAGING_POOL_H_
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -19,14 +22,18 @@ namespace snapback::internal_client {
 
 class StagingPool {
  public:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  using Memory = std::unique_ptr<char, Free>;
+
   // At least one buffer, even when cap_bytes < chunk_bytes.
   StagingPool(uint64_t cap_bytes, uint64_t chunk_bytes);
 
   class Buffer {
    public:
     Buffer() = default;
-    Buffer(StagingPool* pool, std::unique_ptr<char[]> data)
-        : pool_(pool), data_(std::move(data)) {}
+    Buffer(StagingPool* pool, Memory data) : pool_(pool), data_(std::move(data)) {}
     Buffer(Buffer&&) = default;
     Buffer& operator=(Buffer&& other) {
       Release();
@@ -43,7 +50,7 @@ class StagingPool {
 
    private:
     StagingPool* pool_ = nullptr;
-    std::unique_ptr<char[]> data_;
+    Memory data_;
   };
 
   // Blocks until a buffer is free.
@@ -52,14 +59,16 @@ class StagingPool {
   int capacity() const { return capacity_; }
   // Buffers allocated so far (never more than capacity()).
   int allocated();
+  // Buffers Acquire() could hand out now without waiting.
+  int available();
 
  private:
-  void Return(std::unique_ptr<char[]> data);
+  void Return(Memory data);
 
   const uint64_t chunk_bytes_;
   const int capacity_;
   absl::Mutex mu_;
-  std::vector<std::unique_ptr<char[]>> free_ ABSL_GUARDED_BY(mu_);
+  std::vector<Memory> free_ ABSL_GUARDED_BY(mu_);
   int allocated_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -282,6 +282,41 @@ TEST_F(ClientTest, IdenticalTensorsOnSeveralRanksAreStoredOnce) {
   for (int rank = 1; rank < kWorld; ++rank) EXPECT_EQ(sent[rank].load(), 0u) << rank;
 }
 
+TEST_F(ClientTest, CompressesWhereItPaysAndSendsTheRestRaw) {
+  CheckpointerOptions o;
+  o.chunk_bytes = 1 << 20;
+  auto ck = NewCheckpointer("codec", 0, 1, 1, o);
+  // bf16 weights (the upper halves of normally distributed fp32) save ~30 %
+  // with shuffle+zstd; random bytes save nothing.
+  const std::string fp32 = MakeBytes(8 << 20, 1, /*float_like=*/true);
+  std::string bf16(4 << 20, '\0');
+  for (size_t j = 0; j < bf16.size() / 2; ++j) {
+    bf16[2 * j] = fp32[4 * j + 2];
+    bf16[2 * j + 1] = fp32[4 * j + 3];
+  }
+  const std::string noise = MakeBytes(4 << 20, 2);
+  TensorView a{.name = "bf16",
+               .dtype = DType::kBFloat16,
+               .shape = {static_cast<int64_t>(bf16.size() / 2)}};
+  a.data = bf16.data();
+  TensorView b{.name = "noise",
+               .dtype = DType::kUInt8,
+               .shape = {static_cast<int64_t>(noise.size())}};
+  b.data = noise.data();
+  auto h = ck->Save(1, {a, b});
+  ASSERT_TRUE(h.ok());
+  ASSERT_OK(h->Wait());
+  const SaveStats st = h->stats();
+  EXPECT_EQ(st.new_bytes, bf16.size() + noise.size());
+  // noise raw (4 MiB) + bf16 compressed to at most 80 %.
+  EXPECT_GE(st.sent_bytes, noise.size());
+  EXPECT_LE(st.sent_bytes, noise.size() + 0.8 * bf16.size()) << st.sent_bytes;
+  auto r = ck->Restore();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->tensors[0].bytes == bf16);
+  EXPECT_TRUE(r->tensors[1].bytes == noise);
+}
+
 TEST_F(ClientTest, StaleIncarnationCannotCommit) {
   auto old_run = NewCheckpointer("fenced", 0, 1, 1);
   RankState s(0, 1);
