@@ -30,6 +30,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -275,6 +276,8 @@ class CheckpointerImpl final : public Checkpointer {
   absl::Status Flush() override;
   absl::StatusOr<std::optional<int64_t>> LatestStep() override;
   absl::StatusOr<RestoreResult> Restore(std::optional<int64_t> step) override;
+  absl::StatusOr<RestoreResult> RestoreInto(absl::Span<const MutableTensorView> targets,
+                                            std::optional<int64_t> step) override;
   absl::Status Close() override;
 
  private:
@@ -884,6 +887,11 @@ absl::StatusOr<std::optional<int64_t>> CheckpointerImpl::LatestStep() {
 }
 
 absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> step) {
+  return RestoreInto({}, step);
+}
+
+absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
+    absl::Span<const MutableTensorView> targets, std::optional<int64_t> step) {
   const absl::Time start = absl::Now();
   if (!step.has_value()) {
     SNAPBACK_ASSIGN_OR_RETURN(step, LatestStep());
@@ -920,8 +928,7 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
   std::vector<Fetch> fetches;
   auto plan = [&](const std::string& name, uint64_t byte_length,
                   const google::protobuf::RepeatedPtrField<v1::ChunkRef>& chunks,
-                  std::string* bytes) -> absl::Status {
-    bytes->resize(byte_length);
+                  char* dst) -> absl::Status {
     uint64_t off = 0;
     for (int k = 0; k < chunks.size(); ++k) {
       SNAPBACK_ASSIGN_OR_RETURN(ChunkId id, ChunkId::FromBytes(chunks[k].id()));
@@ -929,8 +936,7 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
         return absl::DataLossError(
             absl::StrCat("manifest of '", name, "' names more bytes than it has"));
       }
-      fetches.push_back(
-          {id, bytes->data() + off, chunks[k].length(), ChunkKey(name, k), nullptr});
+      fetches.push_back({id, dst + off, chunks[k].length(), ChunkKey(name, k), nullptr});
       off += chunks[k].length();
     }
     if (off != byte_length) {
@@ -940,7 +946,17 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
     result.bytes += byte_length;
     return absl::OkStatus();
   };
+  // Caller buffers by name; every one must be used and match exactly, and
+  // all of that is checked before a byte is written.
+  absl::flat_hash_map<std::string, const MutableTensorView*> by_name;
+  for (const MutableTensorView& t : targets) {
+    if (!by_name.emplace(t.name, &t).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("two restore targets named '", t.name, "'"));
+    }
+  }
   result.tensors.resize(resp.manifest().tensors_size());
+  std::vector<char*> tensor_dst(resp.manifest().tensors_size());
   for (int i = 0; i < resp.manifest().tensors_size(); ++i) {
     const v1::TensorEntry& t = resp.manifest().tensors(i);
     RestoredTensor& out = result.tensors[i];
@@ -949,14 +965,43 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
     out.shape.assign(t.shape().begin(), t.shape().end());
     out.global_shape.assign(t.global_shape().begin(), t.global_shape().end());
     out.global_offset.assign(t.global_offset().begin(), t.global_offset().end());
-    SNAPBACK_RETURN_IF_ERROR(plan(t.name(), t.byte_length(), t.chunks(), &out.bytes));
+    auto target = by_name.find(t.name());
+    if (target == by_name.end()) {
+      if (!targets.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("step ", *step, " has tensor '", t.name(),
+                         "' but no restore target names it"));
+      }
+      out.bytes.resize(t.byte_length());
+      tensor_dst[i] = out.bytes.data();
+      continue;
+    }
+    const MutableTensorView& m = *target->second;
+    if (m.dtype != out.dtype || m.shape != out.shape || m.data == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "restore target '", t.name(), "' does not match step ", *step, ": saved ",
+          t.dtype(), " of shape [", absl::StrJoin(out.shape, ","), "], target ",
+          DTypeName(m.dtype), " of shape [", absl::StrJoin(m.shape, ","), "]",
+          m.data == nullptr ? " with no data" : ""));
+    }
+    tensor_dst[i] = static_cast<char*>(m.data);
+    by_name.erase(target);
+  }
+  if (!by_name.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step ", *step, " has no tensor named '", by_name.begin()->first, "'"));
+  }
+  for (int i = 0; i < resp.manifest().tensors_size(); ++i) {
+    const v1::TensorEntry& t = resp.manifest().tensors(i);
+    SNAPBACK_RETURN_IF_ERROR(plan(t.name(), t.byte_length(), t.chunks(), tensor_dst[i]));
   }
   result.blobs.resize(resp.manifest().blobs_size());
   for (int i = 0; i < resp.manifest().blobs_size(); ++i) {
     const v1::BlobEntry& b = resp.manifest().blobs(i);
     result.blobs[i].name = b.name();
+    result.blobs[i].bytes.resize(b.byte_length());
     SNAPBACK_RETURN_IF_ERROR(
-        plan(b.name(), b.byte_length(), b.chunks(), &result.blobs[i].bytes));
+        plan(b.name(), b.byte_length(), b.chunks(), result.blobs[i].bytes.data()));
   }
 
   // Fetch in parallel: each worker takes batches of chunks, reads them from

@@ -167,6 +167,43 @@ TEST_F(ClientTest, EightRankThreadsSaveAndRestoreBitExactAcrossSteps) {
   }
 }
 
+TEST_F(ClientTest, RestoreIntoCallerBuffersIsBitExactAndChecksTargetsFirst) {
+  auto ck = NewCheckpointer("into", 0, 1);
+  RankState saved(0, 1);
+  auto h = ck->Save(1, saved.tensors, saved.blobs());
+  ASSERT_TRUE(h.ok());
+  ASSERT_OK(h->Wait());
+
+  std::vector<std::string> memory;
+  std::vector<MutableTensorView> targets;
+  for (const TensorView& t : saved.tensors) memory.emplace_back(t.byte_length(), '\x7f');
+  for (size_t i = 0; i < saved.tensors.size(); ++i) {
+    const TensorView& t = saved.tensors[i];
+    targets.push_back(
+        {.name = t.name, .dtype = t.dtype, .shape = t.shape, .data = memory[i].data()});
+  }
+  // A wrong shape is refused before anything is written.
+  std::vector<MutableTensorView> wrong = targets;
+  wrong[0].shape = {77, 300};
+  auto refused = ck->RestoreInto(wrong);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument)
+      << refused.status();
+  EXPECT_EQ(memory[1], std::string(memory[1].size(), '\x7f'))
+      << "written before the check";
+  // A missing target too.
+  auto missing = ck->RestoreInto(absl::MakeConstSpan(targets).subspan(1));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+
+  auto r = ck->RestoreInto(targets);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (size_t i = 0; i < memory.size(); ++i) {
+    EXPECT_TRUE(memory[i] == saved.bytes[i]) << saved.tensors[i].name;
+    EXPECT_TRUE(r->tensors[i].bytes.empty());
+  }
+  ASSERT_EQ(r->blobs.size(), 1u);
+  EXPECT_EQ(r->blobs[0].bytes, saved.blob);
+}
+
 TEST_F(ClientTest, CheckpointIsNotLatestUntilEveryRankCommits) {
   auto r0 = NewCheckpointer("partial", 0, 2);
   auto r1 = NewCheckpointer("partial", 1, 2);

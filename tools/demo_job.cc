@@ -146,11 +146,16 @@ int main(int argc, char** argv) {
   auto latest = (*ck)->LatestStep();
   if (!latest.ok()) Fail(latest.status().ToString());
   if (latest->has_value()) {
-    auto r = (*ck)->Restore(**latest);
-    if (!r.ok()) Fail(r.status().ToString());
+    // Straight into the model's memory: no extra copy.
+    std::vector<snapback::MutableTensorView> targets;
     for (int l = 0; l < kLayers; ++l) {
-      std::memcpy(model.layers[l].data(), r->tensors[l].bytes.data(), floats * 4);
+      targets.push_back({.name = absl::StrCat("layer", l, ".weight"),
+                         .dtype = snapback::DType::kFloat32,
+                         .shape = {static_cast<int64_t>(floats)},
+                         .data = model.layers[l].data()});
     }
+    auto r = (*ck)->RestoreInto(targets, **latest);
+    if (!r.ok()) Fail(r.status().ToString());
     start = r->step;
     const bool exact = model == Reference(rank, floats, start);
     std::printf("restored %lld %s %.0f ms\n", static_cast<long long>(start),

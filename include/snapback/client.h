@@ -209,6 +209,15 @@ class Checkpointer {
   // when there is nothing to restore.
   virtual absl::StatusOr<RestoreResult> Restore(
       std::optional<int64_t> step = std::nullopt) = 0;
+  // Like Restore(), but decodes each tensor straight into the caller's
+  // memory: every tensor of the checkpoint needs a target of the same name,
+  // dtype and shape, and every target a tensor (INVALID_ARGUMENT before
+  // anything is written otherwise). The result then lists the tensors with
+  // empty `bytes`; blobs are library-owned as in Restore(). On DATA_LOSS the
+  // chunks without a good copy are left zeroed, never unverified.
+  virtual absl::StatusOr<RestoreResult> RestoreInto(
+      absl::Span<const MutableTensorView> targets,
+      std::optional<int64_t> step = std::nullopt) = 0;
 
   // Flushes and stops the background threads. Later calls fail.
   virtual absl::Status Close() = 0;

@@ -57,6 +57,15 @@ struct TensorView {
   uint64_t byte_length() const;
 };
 
+// Writable caller memory a checkpoint is restored into
+// (Checkpointer::RestoreInto): product(shape) * DTypeSize(dtype) bytes.
+struct MutableTensorView {
+  std::string name = {};
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape = {};
+  void* data = nullptr;
+};
+
 // Opaque bytes saved with a checkpoint: RNG state, data-loader position,
 // pickled extras.
 struct BlobView {
@@ -65,14 +74,16 @@ struct BlobView {
   size_t size = 0;
 };
 
-// A tensor restored into memory the library owns.
+// A restored tensor; `bytes` holds its verified bytes when the library owns
+// the memory (Restore()), and is empty when it went to a caller's buffer
+// (RestoreInto()).
 struct RestoredTensor {
   std::string name = {};
   DType dtype = DType::kFloat32;
   std::vector<int64_t> shape = {};
   std::vector<int64_t> global_shape = {};
   std::vector<int64_t> global_offset = {};
-  std::string bytes = {};  // verified bytes, byte_length() long
+  std::string bytes = {};
 };
 
 struct RestoredBlob {
