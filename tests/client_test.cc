@@ -396,7 +396,8 @@ TEST_F(ClientTest, OverlapModeReturnsBeforeTheCopyAndNeverMixesSteps) {
   ASSERT_OK(ck->WaitSnapshot());
   w[12345] ^= 1;  // "optimizer step"
   ASSERT_OK(h->Wait());
-  EXPECT_LE(h->stats().blocked, h->stats().snapshot + absl::Milliseconds(50));
+  // Save() returned before the 64 MiB copy was done.
+  EXPECT_LT(h->stats().blocked, h->stats().snapshot);
   auto r = ck->Restore(1);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->tensors[0].bytes == at_step1);
