@@ -147,8 +147,8 @@ absl::Status Rpc(const grpc::Status& s, absl::string_view what) {
 }
 
 // Where the previous save had a chunk: item name + chunk index.
-std::string ChunkKey(absl::string_view item, size_t index) {
-  return absl::StrCat(item, "#", index);
+std::string ChunkKey(bool is_blob, absl::string_view item, size_t index) {
+  return absl::StrCat(is_blob ? "b:" : "t:", item, "#", index);
 }
 
 struct PrevChunk {
@@ -191,6 +191,9 @@ struct SaveJob {
   // Per-task results (written by the driver's hashing tasks).
   std::vector<ChunkId> ids;
   std::vector<XXH128_hash_t> fast;
+  // CommitRank ended without an answer after retries: the checkpoint may be
+  // committed, so it must not be aborted.
+  bool commit_outcome_unknown = false;
   // Per item: kUndecided, kCompress or kRaw (see min_compress_saving).
   std::unique_ptr<std::atomic<int>[]> codec_choice;
 };
@@ -199,22 +202,33 @@ enum CodecChoice { kUndecided = 0, kCompress = 1, kRaw = 2 };
 
 class CheckpointerImpl;
 
+// Chunks per driver batch: at most kBatchChunks, and at most a quarter of
+// the staging pool so the copy can keep going while a batch is processed.
+int BatchChunks(const CheckpointerOptions& o) {
+  const uint64_t pool_chunks = std::max<uint64_t>(1, o.staging_bytes / 2 / o.chunk_bytes);
+  return static_cast<int>(
+      std::max<uint64_t>(1, std::min<uint64_t>(kBatchChunks, pool_chunks / 2)));
+}
+
+// Encoded bytes allowed in flight: the other half of staging_bytes, less
+// what gRPC holds per stream and less the batch being encoded (counted
+// only once it is queued).
 uint64_t EncodedBudget(const CheckpointerOptions& o) {
   const uint64_t transport =
+      static_cast<uint64_t>(BatchChunks(o)) * o.chunk_bytes +
       uint64_t{3} * o.upload_streams * std::min<uint64_t>(o.chunk_bytes, 4 << 20);
   const uint64_t half = o.staging_bytes / 2;
   return std::max<uint64_t>(o.chunk_bytes, half > transport ? half - transport : 0);
 }
 
-class ClientImpl final : public Client {
+// The channel, stubs and storage clients of one Client. Shared by the
+// Client and every Checkpointer it made, so either may be destroyed first.
+class Connection {
  public:
-  ClientImpl(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
+  Connection(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
       : options_(std::move(options)),
         channel_(std::move(channel)),
         stub_(v1::CoordinatorService::NewStub(channel_)) {}
-
-  absl::StatusOr<std::unique_ptr<Checkpointer>> NewCheckpointer(
-      CheckpointerOptions options) override;
 
   const ClientOptions& options() const { return options_; }
   v1::CoordinatorService::Stub* stub() { return stub_.get(); }
@@ -250,10 +264,21 @@ class ClientImpl final : public Client {
   std::map<std::string, std::unique_ptr<StorageClient>> storage_ ABSL_GUARDED_BY(mu_);
 };
 
+class ClientImpl final : public Client {
+ public:
+  explicit ClientImpl(std::shared_ptr<Connection> connection)
+      : connection_(std::move(connection)) {}
+  absl::StatusOr<std::unique_ptr<Checkpointer>> NewCheckpointer(
+      CheckpointerOptions options) override;
+
+ private:
+  std::shared_ptr<Connection> connection_;
+};
+
 class CheckpointerImpl final : public Checkpointer {
  public:
-  CheckpointerImpl(ClientImpl* client, CheckpointerOptions options)
-      : client_(client),
+  CheckpointerImpl(std::shared_ptr<Connection> client, CheckpointerOptions options)
+      : client_(std::move(client)),
         options_(std::move(options)),
         // Half the cap stages snapshot copies; the other half bounds the
         // encoded chunks waiting for (or in) upload, less what gRPC holds
@@ -261,7 +286,7 @@ class CheckpointerImpl final : public Checkpointer {
         // form, about 3 frames), so all of it stays within staging_bytes.
         staging_(options_.staging_bytes / 2, options_.chunk_bytes),
         encoded_budget_(EncodedBudget(options_)),
-        batch_chunks_(std::max(1, std::min(kBatchChunks, staging_.capacity() / 2))),
+        batch_chunks_(BatchChunks(options_)),
         copy_pool_(options_.copy_threads),
         hash_pool_(options_.pipeline_threads),
         upload_pool_(options_.upload_streams) {
@@ -289,17 +314,19 @@ class CheckpointerImpl final : public Checkpointer {
     return r;
   }
 
-  absl::StatusOr<std::unique_ptr<SaveJob>> Plan(int64_t step,
+  absl::StatusOr<std::shared_ptr<SaveJob>> Plan(int64_t step,
                                                 absl::Span<const TensorView> tensors,
                                                 absl::Span<const BlobView> blobs);
   // Copies every task of `job` into staging on copy_threads; returns when
   // all are staged or the first failure.
-  void Snapshot(SaveJob* job);
+  // Copies every task of `job` into staging on copy_threads. Holds the job
+  // (shared with the driver) until its last touch.
+  void Snapshot(std::shared_ptr<SaveJob> job);
   void DriverLoop();
   absl::Status Drive(SaveJob* job);
   absl::Status Commit(SaveJob* job, bool* committed);
 
-  ClientImpl* const client_;
+  const std::shared_ptr<Connection> client_;
   const CheckpointerOptions options_;
   StagingPool staging_;
   const uint64_t encoded_budget_;
@@ -310,8 +337,9 @@ class CheckpointerImpl final : public Checkpointer {
   // Runs overlap-mode snapshots (which themselves wait on copy_pool_).
   ThreadPool snapshot_runner_{1};
 
+  absl::Mutex close_mu_;
   absl::Mutex mu_;
-  std::deque<std::unique_ptr<SaveJob>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<SaveJob>> queue_ ABSL_GUARDED_BY(mu_);
   int inflight_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status pending_error_ ABSL_GUARDED_BY(mu_);
@@ -371,17 +399,17 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
   req.set_job_id(o.job_id);
   req.set_world_size(o.world_size);
   v1::RegisterJobResponse resp;
-  auto ctx = Context();
-  SNAPBACK_RETURN_IF_ERROR(
-      Rpc(stub_->RegisterJob(ctx.get(), req, &resp),
-          absl::StrCat("register job ", o.job_id, " at ", options_.endpoint)));
-  return std::unique_ptr<Checkpointer>(new CheckpointerImpl(this, std::move(o)));
+  auto ctx = connection_->Context();
+  SNAPBACK_RETURN_IF_ERROR(Rpc(
+      connection_->stub()->RegisterJob(ctx.get(), req, &resp),
+      absl::StrCat("register job ", o.job_id, " at ", connection_->options().endpoint)));
+  return std::unique_ptr<Checkpointer>(new CheckpointerImpl(connection_, std::move(o)));
 }
 
-absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
+absl::StatusOr<std::shared_ptr<SaveJob>> CheckpointerImpl::Plan(
     int64_t step, absl::Span<const TensorView> tensors,
     absl::Span<const BlobView> blobs) {
-  auto job = std::make_unique<SaveJob>();
+  auto job = std::make_shared<SaveJob>();
   job->step = step;
   absl::flat_hash_set<std::string> names;
   auto add = [&](Item item) -> absl::Status {
@@ -456,15 +484,15 @@ absl::StatusOr<std::unique_ptr<SaveJob>> CheckpointerImpl::Plan(
   return job;
 }
 
-void CheckpointerImpl::Snapshot(SaveJob* job) {
+void CheckpointerImpl::Snapshot(std::shared_ptr<SaveJob> job) {
   const absl::Time start = absl::Now();
+  const size_t n = job->tasks.size();
   std::atomic<size_t> next{0};
-  const int workers =
-      std::max(1, std::min<int>(options_.copy_threads, job->tasks.size()));
+  const int workers = std::max(1, std::min<int>(options_.copy_threads, n));
   absl::BlockingCounter done(workers);
   for (int w = 0; w < workers; ++w) {
     copy_pool_.Schedule([&] {
-      for (size_t i; (i = next.fetch_add(1)) < job->tasks.size();) {
+      for (size_t i; (i = next.fetch_add(1)) < n;) {
         const Task& t = job->tasks[i];
         StagingPool::Buffer buf = staging_.Acquire();
         std::memcpy(buf.data(), job->items[t.item].src + t.offset, t.length);
@@ -475,15 +503,14 @@ void CheckpointerImpl::Snapshot(SaveJob* job) {
     });
   }
   done.Wait();
-  {
-    absl::MutexLock lock(&job->mu);
-    job->copy_finished = true;
-  }
+  // The caller may mutate its tensors from here on.
   {
     absl::MutexLock lock(&job->state->mu);
     job->state->stats.snapshot = absl::Now() - start;
   }
   job->state->FinishSnapshot(absl::OkStatus());
+  absl::MutexLock lock(&job->mu);
+  job->copy_finished = true;
 }
 
 absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
@@ -510,7 +537,7 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
   // one reuses the staging pool.
   if (previous) (void)SaveHandle(previous).WaitSnapshot();
 
-  SNAPBACK_ASSIGN_OR_RETURN(std::unique_ptr<SaveJob> job, Plan(step, tensors, blobs));
+  SNAPBACK_ASSIGN_OR_RETURN(std::shared_ptr<SaveJob> job, Plan(step, tensors, blobs));
   auto state = std::make_shared<SaveHandle::State>(step);
   job->state = state;
   job->start = start;
@@ -529,7 +556,18 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
         return inflight_ < options_.max_inflight || closed_;
       };
       mu_.Await(absl::Condition(&room));
-      if (closed_) return absl::FailedPreconditionError("checkpointer is closed");
+    }
+    // Re-check what may have changed while this call waited or planned.
+    if (closed_) return absl::FailedPreconditionError("checkpointer is closed");
+    if (!pending_error_.ok()) {
+      absl::Status s = std::move(pending_error_);
+      pending_error_ = absl::OkStatus();
+      return absl::Status(s.code(),
+                          absl::StrCat("an earlier save failed: ", s.message()));
+    }
+    if (step <= last_step_) {
+      return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after step ",
+                                                     last_step_, "; steps must grow"));
     }
     ++inflight_;
     last_step_ = step;
@@ -540,15 +578,14 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
       state->stats.chunks = job->tasks.size();
     }
   }
-  SaveJob* raw = job.get();
   {
     absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(job));
+    queue_.push_back(job);
   }
   if (options_.overlap) {
-    snapshot_runner_.Schedule([this, raw] { Snapshot(raw); });
+    snapshot_runner_.Schedule([this, job] { Snapshot(job); });
   } else {
-    Snapshot(raw);
+    Snapshot(std::move(job));
   }
   {
     absl::MutexLock lock(&state->mu);
@@ -568,15 +605,25 @@ absl::Status CheckpointerImpl::WaitSnapshot() {
 }
 
 absl::Status CheckpointerImpl::Flush() {
-  absl::MutexLock lock(&mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
-  mu_.Await(absl::Condition(&idle));
-  return last_state_ ? SaveHandle(last_state_).Wait() : absl::OkStatus();
+  std::shared_ptr<SaveHandle::State> last;
+  {
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
+    mu_.Await(absl::Condition(&idle));
+    // The first failure not yet reported by a Save(), else the last save's.
+    if (!pending_error_.ok()) {
+      absl::Status s = std::move(pending_error_);
+      pending_error_ = absl::OkStatus();
+      return s;
+    }
+    last = last_state_;
+  }
+  return last ? SaveHandle(last).Wait() : absl::OkStatus();
 }
 
 void CheckpointerImpl::DriverLoop() {
   while (true) {
-    std::unique_ptr<SaveJob> job;
+    std::shared_ptr<SaveJob> job;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -588,7 +635,7 @@ void CheckpointerImpl::DriverLoop() {
       queue_.pop_front();
     }
     absl::Status s = Drive(job.get());
-    if (!s.ok()) {
+    if (!s.ok() && !job->commit_outcome_unknown) {
       // Best effort: release this checkpoint's claims at the coordinator.
       v1::AbortCheckpointRequest req;
       *req.mutable_rank() = RankRef();
@@ -597,6 +644,8 @@ void CheckpointerImpl::DriverLoop() {
       v1::AbortCheckpointResponse resp;
       auto ctx = client_->Context();
       (void)client_->stub()->AbortCheckpoint(ctx.get(), req, &resp);
+    }
+    if (!s.ok()) {
       // Drain what the copy still stages, so its buffers return to the pool
       // and a copy blocked on a full pool can finish.
       while (true) {
@@ -696,7 +745,8 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
           const PrevChunk* prev = nullptr;
           {
             absl::MutexLock lock(&prev_mu_);
-            auto it = prev_.find(ChunkKey(job->items[t.item].name, t.index));
+            auto it = prev_.find(
+                ChunkKey(job->items[t.item].is_blob, job->items[t.item].name, t.index));
             if (it != prev_.end()) prev = &it->second;
             if (prev != nullptr && XXH128_isEqual(prev->fast, job->fast[i])) {
               job->ids[i] = prev->id;
@@ -832,7 +882,8 @@ absl::Status CheckpointerImpl::Drive(SaveJob* job) {
   prev_.clear();
   for (size_t i = 0; i < job->tasks.size(); ++i) {
     const Task& t = job->tasks[i];
-    prev_[ChunkKey(job->items[t.item].name, t.index)] = {job->fast[i], job->ids[i]};
+    prev_[ChunkKey(job->items[t.item].is_blob, job->items[t.item].name, t.index)] = {
+        job->fast[i], job->ids[i]};
   }
   return absl::OkStatus();
 }
@@ -866,13 +917,25 @@ absl::Status CheckpointerImpl::Commit(SaveJob* job, bool* committed) {
       c->set_length(job->tasks[i].length);
     }
   }
-  v1::CommitRankResponse resp;
-  auto ctx = client_->Context();
-  SNAPBACK_RETURN_IF_ERROR(
-      Rpc(client_->stub()->CommitRank(ctx.get(), req, &resp),
-          absl::StrCat("commit step ", job->step, " of rank ", options_.rank)));
-  *committed = resp.checkpoint_committed();
-  return absl::OkStatus();
+  // A commit whose answer was lost may have happened: resending the same
+  // manifest is an idempotent replay at the coordinator, so retry the calls
+  // that end without an answer, and never abort a checkpoint this rank may
+  // already have completed.
+  absl::Status status;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    if (attempt > 0) absl::SleepFor(absl::Milliseconds(200) * (1 << attempt));  // backoff
+    v1::CommitRankResponse resp;
+    auto ctx = client_->Context();
+    status = Rpc(client_->stub()->CommitRank(ctx.get(), req, &resp),
+                 absl::StrCat("commit step ", job->step, " of rank ", options_.rank));
+    if (status.ok()) {
+      *committed = resp.checkpoint_committed();
+      return absl::OkStatus();
+    }
+    if (!absl::IsUnavailable(status) && !absl::IsDeadlineExceeded(status)) return status;
+  }
+  job->commit_outcome_unknown = true;
+  return status;
 }
 
 absl::StatusOr<std::optional<int64_t>> CheckpointerImpl::LatestStep() {
@@ -926,7 +989,7 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
     const std::string* owner;
   };
   std::vector<Fetch> fetches;
-  auto plan = [&](const std::string& name, uint64_t byte_length,
+  auto plan = [&](bool is_blob, const std::string& name, uint64_t byte_length,
                   const google::protobuf::RepeatedPtrField<v1::ChunkRef>& chunks,
                   char* dst) -> absl::Status {
     uint64_t off = 0;
@@ -936,7 +999,8 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
         return absl::DataLossError(
             absl::StrCat("manifest of '", name, "' names more bytes than it has"));
       }
-      fetches.push_back({id, dst + off, chunks[k].length(), ChunkKey(name, k), nullptr});
+      fetches.push_back(
+          {id, dst + off, chunks[k].length(), ChunkKey(is_blob, name, k), nullptr});
       off += chunks[k].length();
     }
     if (off != byte_length) {
@@ -977,12 +1041,13 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
       continue;
     }
     const MutableTensorView& m = *target->second;
-    if (m.dtype != out.dtype || m.shape != out.shape || m.data == nullptr) {
+    const bool no_data = m.data == nullptr && t.byte_length() > 0;
+    if (m.dtype != out.dtype || m.shape != out.shape || no_data) {
       return absl::InvalidArgumentError(absl::StrCat(
           "restore target '", t.name(), "' does not match step ", *step, ": saved ",
           t.dtype(), " of shape [", absl::StrJoin(out.shape, ","), "], target ",
           DTypeName(m.dtype), " of shape [", absl::StrJoin(m.shape, ","), "]",
-          m.data == nullptr ? " with no data" : ""));
+          no_data ? " with no data" : ""));
     }
     tensor_dst[i] = static_cast<char*>(m.data);
     by_name.erase(target);
@@ -993,7 +1058,8 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
   }
   for (int i = 0; i < resp.manifest().tensors_size(); ++i) {
     const v1::TensorEntry& t = resp.manifest().tensors(i);
-    SNAPBACK_RETURN_IF_ERROR(plan(t.name(), t.byte_length(), t.chunks(), tensor_dst[i]));
+    SNAPBACK_RETURN_IF_ERROR(
+        plan(false, t.name(), t.byte_length(), t.chunks(), tensor_dst[i]));
   }
   result.blobs.resize(resp.manifest().blobs_size());
   for (int i = 0; i < resp.manifest().blobs_size(); ++i) {
@@ -1001,7 +1067,7 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
     result.blobs[i].name = b.name();
     result.blobs[i].bytes.resize(b.byte_length());
     SNAPBACK_RETURN_IF_ERROR(
-        plan(b.name(), b.byte_length(), b.chunks(), result.blobs[i].bytes.data()));
+        plan(true, b.name(), b.byte_length(), b.chunks(), result.blobs[i].bytes.data()));
   }
 
   // Fetch in parallel: each worker takes batches of chunks, reads them from
@@ -1104,16 +1170,15 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
 }
 
 absl::Status CheckpointerImpl::Close() {
+  // One Close at a time (an explicit one may race the destructor's).
+  absl::MutexLock close_lock(&close_mu_);
+  absl::Status flushed = Flush();
   {
     absl::MutexLock lock(&mu_);
-    if (closed_ && !driver_.joinable()) return absl::OkStatus();
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
-    mu_.Await(absl::Condition(&idle));
     closed_ = true;
   }
   if (driver_.joinable()) driver_.join();
-  absl::MutexLock lock(&mu_);
-  return last_state_ ? SaveHandle(last_state_).Wait() : absl::OkStatus();
+  return flushed;
 }
 
 }  // namespace
@@ -1148,7 +1213,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   args.SetMaxSendMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel(options.endpoint, creds, args);
   return std::unique_ptr<Client>(
-      new internal_client::ClientImpl(std::move(options), std::move(channel)));
+      new internal_client::ClientImpl(std::make_shared<internal_client::Connection>(
+          std::move(options), std::move(channel))));
 }
 
 }  // namespace snapback

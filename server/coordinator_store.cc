@@ -474,7 +474,9 @@ class CoordinatorStore::Txn {
   absl::Status ClaimReleased(const ChunkId& id, int64_t now_ms) {
     if (Claims(id) > 0) return absl::OkStatus();
     SNAPBACK_ASSIGN_OR_RETURN(RefRecord * r, Ref(id));
-    if (!r->exists) *r = RefRecord{true, 0, now_ms};
+    // Unreferenced and now unclaimed too: the grace period restarts, even
+    // for a chunk that was unreferenced before the claim was taken.
+    if (!r->exists || r->count == 0) *r = RefRecord{true, 0, now_ms};
     return absl::OkStatus();
   }
 

@@ -633,7 +633,13 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
       for (const ChunkId& id : w->ids) {
         if (removed.contains(id)) continue;
         if (auto it = added.find(id); it != added.end()) {
-          // Stored earlier in this very group: its bytes become dead.
+          // Stored earlier in this very group: its bytes become dead. When
+          // that was a compaction move, the entry it would have replaced
+          // (at the old location) is what this delete removes.
+          if (const IndexEntry* from = it->second.record->from) {
+            removals.push_back(*from);
+            removed.insert(id);
+          }
           added.erase(it);
           ops.push_back({id, false});
           ++w->deleted;
@@ -793,7 +799,15 @@ absl::StatusOr<int> ChunkStore::Impl::CompactNow() {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
     }
-    SNAPBACK_RETURN_IF_ERROR(CompactSegment(id, std::move(live[id])));
+    // One segment that cannot be compacted (e.g. a record failing its
+    // checksum: scrub reports it) must not stop space coming back elsewhere.
+    absl::Status s = CompactSegment(id, std::move(live[id]));
+    if (!s.ok() && !absl::IsDataLoss(s)) return s;  // I/O trouble: stop the pass
+    if (!s.ok()) {
+      std::fprintf(stderr, "snapback: compaction of segment %s in %s skipped: %s\n",
+                   SegmentName(id).c_str(), dir_.c_str(), s.ToString().c_str());
+      continue;
+    }
     ++compacted;
   }
   return compacted;
