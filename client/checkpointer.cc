@@ -337,7 +337,8 @@ class CheckpointerImpl final : public Checkpointer {
   // Runs overlap-mode snapshots (which themselves wait on copy_pool_).
   ThreadPool snapshot_runner_{1};
 
-  absl::Mutex close_mu_;
+  absl::Mutex save_mu_;   // one Save() at a time
+  absl::Mutex close_mu_;  // one Close() at a time
   absl::Mutex mu_;
   std::deque<std::shared_ptr<SaveJob>> queue_ ABSL_GUARDED_BY(mu_);
   int inflight_ ABSL_GUARDED_BY(mu_) = 0;
@@ -516,6 +517,9 @@ void CheckpointerImpl::Snapshot(std::shared_ptr<SaveJob> job) {
 absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
                                                   absl::Span<const TensorView> tensors,
                                                   absl::Span<const BlobView> blobs) {
+  // Saves come from one training loop; concurrent callers take turns, so two
+  // snapshots never share the staging pool.
+  absl::MutexLock save_lock(&save_mu_);
   const absl::Time start = absl::Now();
   std::shared_ptr<SaveHandle::State> previous;
   {

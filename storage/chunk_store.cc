@@ -416,6 +416,7 @@ ChunkStore::Impl::Prepared ChunkStore::Impl::Prepare(
     bytes += AlignUp(kRecordHeaderSize + r.chunk->data.size(), kRecordAlignment);
   }
   p.bytes = AlignUp(bytes);
+  if (records.empty()) return p;  // everything was already stored
   {
     absl::MutexLock lock(&pool_mu_);
     if (!buffer_pool_.empty()) {
@@ -474,6 +475,12 @@ absl::Status ChunkStore::Impl::Put(absl::Span<const EncodedChunk> chunks,
     }
     if (!absl::IsNotFound(existing.status())) return existing.status();
     records.push_back({.chunk = &c, .offset = 0, .checksum = 0});
+  }
+  if (records.empty()) {  // everything was already stored: nothing to write
+    absl::MutexLock lock(&mu_);
+    stats_.dedup_hits += skipped.already_present;
+    if (result != nullptr) *result = skipped;
+    return absl::OkStatus();
   }
   Prepared prepared = Prepare(std::move(records));
   Writer w{.kind = Writer::Kind::kPut, .prepared = &prepared};
