@@ -81,6 +81,7 @@ class ChunkStore::Impl {
   absl::StatusOr<int> CompactNow();
   ScrubResult Scrub(const ScrubProgress& progress);
   const std::string& dir() const { return dir_; }
+  absl::Status CheckConsistency();
 
  private:
   struct Segment {
@@ -899,6 +900,49 @@ void ChunkStore::Impl::CompactionLoop() {
   }
 }
 
+absl::Status ChunkStore::Impl::CheckConsistency() {
+  absl::MutexLock compaction_lock(&compaction_mu_);
+  std::map<uint64_t, uint64_t> live;
+  ChunkStoreStats want;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("c"); it->Valid() && it->key().starts_with("c"); it->Next()) {
+    SNAPBACK_ASSIGN_OR_RETURN(IndexEntry e, IndexEntry::Decode(View(it->value())));
+    live[e.segment] += e.record_size();
+    ++want.chunks;
+    want.raw_bytes += e.raw_length;
+    want.encoded_bytes += e.encoded_length;
+    want.live_bytes += e.record_size();
+  }
+  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan"));
+  absl::MutexLock lock(&mu_);
+  auto differ = [](const char* what, uint64_t have, uint64_t should) {
+    return absl::InternalError(
+        absl::StrCat(what, " is ", have, " in memory but ", should, " by the index"));
+  };
+  if (stats_.chunks != want.chunks) return differ("chunks", stats_.chunks, want.chunks);
+  if (stats_.raw_bytes != want.raw_bytes)
+    return differ("raw bytes", stats_.raw_bytes, want.raw_bytes);
+  if (stats_.encoded_bytes != want.encoded_bytes) {
+    return differ("encoded bytes", stats_.encoded_bytes, want.encoded_bytes);
+  }
+  if (stats_.live_bytes != want.live_bytes) {
+    return differ("live bytes", stats_.live_bytes, want.live_bytes);
+  }
+  for (const auto& [id, seg] : segments_) {
+    const uint64_t should = live.contains(id) ? live[id] : 0;
+    if (seg.live_bytes != should) {
+      return differ(SegmentName(id).c_str(), seg.live_bytes, should);
+    }
+    live.erase(id);
+  }
+  if (!live.empty()) {
+    return absl::InternalError(absl::StrCat("the index points at segment ",
+                                            SegmentName(live.begin()->first),
+                                            " which is not open"));
+  }
+  return absl::OkStatus();
+}
+
 ScrubResult ChunkStore::Impl::Scrub(const ScrubProgress& progress) {
   ScrubResult result;
   uint64_t total;
@@ -972,6 +1016,8 @@ absl::StatusOr<int> ChunkStore::CompactNow() { return impl_->CompactNow(); }
 ScrubResult ChunkStore::Scrub(const ScrubProgress& progress) {
   return impl_->Scrub(progress);
 }
+
+absl::Status ChunkStore::TEST_CheckConsistency() { return impl_->CheckConsistency(); }
 
 const std::string& ChunkStore::dir() const { return impl_->dir(); }
 

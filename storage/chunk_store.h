@@ -157,6 +157,11 @@ class ChunkStore {
 
   const std::string& dir() const;
 
+  // Recomputes the in-memory accounting (per-segment live bytes, chunk and
+  // byte counts) from the index and compares. For tests; call when no other
+  // call is running. INTERNAL naming the first difference.
+  absl::Status TEST_CheckConsistency();
+
   class Impl;
 
  private:
