@@ -55,9 +55,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "common/hash.h"
 #include "server/chunk_tier.h"
-#include "server/clock.h"
 #include "snapback/v1/coordinator.pb.h"
 #include "storage/chunk_store.h"
 

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/clock.h"
 #include "gtest/gtest.h"
 #include "server/chunk_tier.h"
-#include "server/clock.h"
 #include "storage/chunk_store.h"
 #include "storage/test_util.h"
 

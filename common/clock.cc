@@ -1,11 +1,16 @@
-#include "server/clock.h"
+#include "common/clock.h"
 
-namespace snapback::server {
+#include <chrono>
+
+namespace snapback {
 namespace {
 
 class SystemClock final : public Clock {
  public:
   absl::Time Now() override { return absl::Now(); }
+  absl::Duration Monotonic() override {
+    return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+  }
 };
 
 }  // namespace
@@ -15,4 +20,4 @@ Clock* RealClock() {
   return clock;
 }
 
-}  // namespace snapback::server
+}  // namespace snapback
