@@ -368,8 +368,10 @@ TEST_F(StorageServiceTest, RejectsUnknownCodecAndBadElementSize) {
 }
 
 TEST_F(StorageServiceTest, RejectsOversizedFrame) {
-  // 5 MiB in one frame: above max_frame_bytes (4 MiB + slack). gRPC itself
-  // refuses the message before the service sees it.
+  // 5 MiB in one frame: above max_frame_bytes (4 MiB + slack). The service
+  // refuses it (gRPC's own receive limit is higher on a server that also
+  // runs the coordinator, whose manifests can be 64 MiB), with the same
+  // code and wording gRPC would use.
   EncodedChunk chunk = Encode(RandomBytes(5 << 20, 6));
   grpc::Status status = PutFrames({HeaderFrame(chunk)});
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
