@@ -1,0 +1,254 @@
+#include "failure-detector/job_monitor.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace snapback::detector {
+namespace {
+
+constexpr size_t kStepTimeSamples = 50;
+
+Incident* OpenIncident(std::vector<Incident>& incidents) {
+  if (incidents.empty() || incidents.back().closed()) return nullptr;
+  return &incidents.back();
+}
+
+}  // namespace
+
+const char* JobStateName(JobState s) {
+  switch (s) {
+    case JobState::kRunning:
+      return "RUNNING";
+    case JobState::kSuspect:
+      return "SUSPECT";
+    case JobState::kFailed:
+      return "FAILED";
+    case JobState::kRestarting:
+      return "RESTARTING";
+    case JobState::kRecovering:
+      return "RECOVERING";
+    case JobState::kGaveUp:
+      return "GAVE_UP";
+  }
+  return "?";
+}
+
+const char* IncidentKindName(IncidentKind k) {
+  switch (k) {
+    case IncidentKind::kRankExit:
+      return "rank exit";
+    case IncidentKind::kHeartbeatLoss:
+      return "heartbeat loss";
+    case IncidentKind::kHang:
+      return "hang";
+    case IncidentKind::kOperatorRestore:
+      return "operator restore";
+  }
+  return "?";
+}
+
+JobMonitor::JobMonitor(MonitorOptions options, Clock* clock, int64_t incarnation)
+    : options_(std::move(options)), clock_(clock), incarnation_(incarnation) {
+  options_.world_size = std::max(1, options_.world_size);
+  ResetRanks();
+}
+
+void JobMonitor::ResetRanks() {
+  ranks_.clear();
+  for (int r = 0; r < options_.world_size; ++r) {
+    ranks_.push_back(RankState{.phi = PhiAccrualDetector(options_.phi)});
+  }
+}
+
+absl::Duration JobMonitor::HangLimit() const {
+  if (step_times_.empty()) return options_.hang_floor;
+  std::vector<double> sorted = step_times_;
+  std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
+  const absl::Duration median = absl::Seconds(sorted[sorted.size() / 2]);
+  return std::max(options_.hang_floor, median * options_.hang_factor);
+}
+
+void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
+  if (state_ == JobState::kGaveUp || beat.incarnation < incarnation_) return;  // a zombie
+  if (beat.rank < 0 || beat.rank >= options_.world_size) return;
+  if (beat.incarnation > incarnation_) {
+    // The scheduler restarted the job without going through us (e.g. the
+    // launcher saw an exit first): follow it.
+    OnRestartRequested(beat.incarnation);
+  }
+  const absl::Duration now = clock_->Monotonic();
+  RankState& r = ranks_[beat.rank];
+  r.phi.Heartbeat(now);
+  r.last_beat_wall = clock_->Now();
+  if (!r.seen || beat.phase != r.phase) r.phase_since = now;
+  if (!r.seen || beat.step != r.step) {
+    if (r.seen && beat.step > r.step && r.phase == Phase::kTraining &&
+        beat.phase == Phase::kTraining) {
+      step_times_.push_back(absl::ToDoubleSeconds(now - r.step_since) /
+                            (beat.step - r.step));
+      if (step_times_.size() > kStepTimeSamples) step_times_.erase(step_times_.begin());
+    }
+    r.step_since = now;
+  }
+  r.step = beat.step;
+  r.phase = beat.phase;
+  r.seen = true;
+  max_step_ = std::max(max_step_, beat.step);
+
+  Incident* open = OpenIncident(incidents_);
+  if (state_ == JobState::kRestarting &&
+      std::all_of(ranks_.begin(), ranks_.end(),
+                  [](const RankState& s) { return s.seen; })) {
+    state_ = JobState::kRecovering;
+    if (open != nullptr) open->ranks_back = clock_->Now();
+  }
+  if (state_ == JobState::kRecovering && open != nullptr) {
+    const bool all_training = std::all_of(
+        ranks_.begin(), ranks_.end(),
+        [](const RankState& s) { return s.seen && s.phase != Phase::kRestoring; });
+    if (open->restored == absl::InfinitePast() && all_training) {
+      open->restored = clock_->Now();
+      int64_t lowest = ranks_[0].step;
+      for (const RankState& s : ranks_) lowest = std::min(lowest, s.step);
+      open->restored_step = lowest;
+    }
+    if (open->restored != absl::InfinitePast() && beat.step > open->restored_step) {
+      open->first_new_step = clock_->Now();
+      state_ = JobState::kRunning;
+    }
+  } else if (state_ == JobState::kRecovering && open == nullptr) {
+    state_ = JobState::kRunning;
+  }
+}
+
+void JobMonitor::OnStreamBroken(int rank, int64_t incarnation) {
+  if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
+  if (state_ == JobState::kFailed || state_ == JobState::kGaveUp) return;
+  Fail(IncidentKind::kRankExit, rank,
+       absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process exited)"));
+}
+
+void JobMonitor::OnCommitted(int64_t step) { committed_ = std::max(committed_, step); }
+
+void JobMonitor::OnOperatorRestore(int64_t step) {
+  if (state_ == JobState::kGaveUp) return;
+  Fail(IncidentKind::kOperatorRestore, -1,
+       absl::StrCat("an operator forced a restore to step ", step));
+}
+
+void JobMonitor::OnRestartRequested(int64_t new_incarnation) {
+  if (state_ == JobState::kGaveUp || new_incarnation <= incarnation_) return;
+  incarnation_ = new_incarnation;
+  ResetRanks();
+  state_ = JobState::kRestarting;
+  pending_restart_ = false;
+  if (Incident* open = OpenIncident(incidents_)) {
+    if (open->restart_requested == absl::InfinitePast()) {
+      open->restart_requested = clock_->Now();
+    }
+  }
+}
+
+void JobMonitor::Fail(IncidentKind kind, int rank, std::string reason) {
+  Incident incident;
+  incident.kind = kind;
+  incident.rank = rank;
+  incident.incarnation = incarnation_;
+  incident.reason = std::move(reason);
+  incident.last_step = max_step_;
+  incident.detected = clock_->Now();
+  incident.last_healthy = incident.detected;
+  if (rank >= 0 && ranks_[rank].seen) incident.last_healthy = ranks_[rank].last_beat_wall;
+  if (kind == IncidentKind::kHang && rank >= 0) {
+    // Healthy until its step last advanced.
+    incident.last_healthy =
+        incident.detected - (clock_->Monotonic() - ranks_[rank].step_since);
+  }
+  incidents_.push_back(std::move(incident));
+  state_ = JobState::kFailed;
+  pending_restart_ = true;
+}
+
+JobMonitor::Action JobMonitor::Tick() {
+  if (state_ == JobState::kGaveUp) return {Action::kNone, give_up_reason_};
+  const absl::Duration now = clock_->Monotonic();
+  if (state_ == JobState::kRunning || state_ == JobState::kSuspect ||
+      state_ == JobState::kRecovering) {
+    bool suspect = false;
+    for (int i = 0; i < options_.world_size && state_ != JobState::kFailed; ++i) {
+      const RankState& r = ranks_[i];
+      if (!r.seen) continue;
+      const double phi = r.phi.Phi(now);
+      if (phi >= options_.fail_phi) {
+        Fail(IncidentKind::kHeartbeatLoss, i,
+             absl::StrFormat(
+                 "no heartbeat from rank %d for %.1f s (phi %.1f): node, network "
+                 "or a frozen process",
+                 i, absl::ToDoubleSeconds(clock_->Now() - r.last_beat_wall), phi));
+        break;
+      }
+      suspect = suspect || phi >= options_.suspect_phi;
+      const absl::Duration in_phase = now - r.phase_since;
+      if (r.phase == Phase::kSaving && in_phase > options_.save_budget) {
+        Fail(IncidentKind::kHang, i,
+             absl::StrCat("rank ", i, " has been saving for ",
+                          absl::FormatDuration(in_phase), ", over the budget of ",
+                          absl::FormatDuration(options_.save_budget)));
+      } else if (r.phase == Phase::kRestoring && in_phase > options_.restore_budget) {
+        Fail(IncidentKind::kHang, i,
+             absl::StrCat("rank ", i, " has been restoring for ",
+                          absl::FormatDuration(in_phase), ", over the budget of ",
+                          absl::FormatDuration(options_.restore_budget)));
+      } else if (r.phase == Phase::kTraining && state_ != JobState::kRecovering &&
+                 now - r.step_since > HangLimit()) {
+        Fail(IncidentKind::kHang, i,
+             absl::StrCat("rank ", i, " has been at step ", r.step, " for ",
+                          absl::FormatDuration(now - r.step_since), " (limit ",
+                          absl::FormatDuration(HangLimit()),
+                          "): a hung collective? Heartbeats still arrive"));
+      }
+    }
+    if (state_ == JobState::kRunning && suspect) state_ = JobState::kSuspect;
+    if (state_ == JobState::kSuspect && !suspect) state_ = JobState::kRunning;
+  }
+  if (state_ == JobState::kFailed && pending_restart_) {
+    pending_restart_ = false;
+    if (committed_ > committed_at_last_restart_) restarts_without_progress_ = 0;
+    committed_at_last_restart_ = committed_;
+    if (++restarts_without_progress_ > options_.max_restarts_without_progress) {
+      state_ = JobState::kGaveUp;
+      give_up_reason_ = absl::StrCat(
+          "gave up after ", options_.max_restarts_without_progress,
+          " restarts without a newly committed step (latest committed: ", committed_,
+          "); fix the cause, then restart the job by hand");
+      return {Action::kGiveUp, give_up_reason_};
+    }
+    return {Action::kRestart, incidents_.back().reason};
+  }
+  return {};
+}
+
+absl::Duration JobMonitor::NextDeadline() const {
+  absl::Duration next = absl::InfiniteDuration();
+  for (const RankState& r : ranks_) {
+    if (!r.seen) continue;
+    next = std::min(next, r.phi.WhenPhiReaches(options_.suspect_phi));
+    next = std::min(next, r.phi.WhenPhiReaches(options_.fail_phi));
+    switch (r.phase) {
+      case Phase::kTraining:
+        next = std::min(next, r.step_since + HangLimit());
+        break;
+      case Phase::kSaving:
+        next = std::min(next, r.phase_since + options_.save_budget);
+        break;
+      case Phase::kRestoring:
+        next = std::min(next, r.phase_since + options_.restore_budget);
+        break;
+    }
+  }
+  return next;
+}
+
+}  // namespace snapback::detector
