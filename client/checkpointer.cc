@@ -314,6 +314,11 @@ class CheckpointerImpl final : public Checkpointer {
     return r;
   }
 
+  // The failure of an earlier save not yet reported, cleared; OK if none.
+  absl::Status TakePendingError() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a Save(step) may go ahead now: open, no unreported failure,
+  // step after the last one.
+  absl::Status SaveAllowed(int64_t step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<SaveJob>> Plan(int64_t step,
                                                 absl::Span<const TensorView> tensors,
                                                 absl::Span<const BlobView> blobs);
@@ -514,6 +519,24 @@ void CheckpointerImpl::Snapshot(std::shared_ptr<SaveJob> job) {
   job->copy_finished = true;
 }
 
+absl::Status CheckpointerImpl::TakePendingError() {
+  absl::Status s = std::move(pending_error_);
+  pending_error_ = absl::OkStatus();
+  return s;
+}
+
+absl::Status CheckpointerImpl::SaveAllowed(int64_t step) {
+  if (closed_) return absl::FailedPreconditionError("checkpointer is closed");
+  if (absl::Status s = TakePendingError(); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("an earlier save failed: ", s.message()));
+  }
+  if (step <= last_step_) {
+    return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after step ",
+                                                   last_step_, "; steps must grow"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
                                                   absl::Span<const TensorView> tensors,
                                                   absl::Span<const BlobView> blobs) {
@@ -524,17 +547,7 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
   std::shared_ptr<SaveHandle::State> previous;
   {
     absl::MutexLock lock(&mu_);
-    if (closed_) return absl::FailedPreconditionError("checkpointer is closed");
-    if (!pending_error_.ok()) {
-      absl::Status s = std::move(pending_error_);
-      pending_error_ = absl::OkStatus();
-      return absl::Status(s.code(),
-                          absl::StrCat("an earlier save failed: ", s.message()));
-    }
-    if (step <= last_step_) {
-      return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after step ",
-                                                     last_step_, "; steps must grow"));
-    }
+    SNAPBACK_RETURN_IF_ERROR(SaveAllowed(step));
     previous = last_state_;
   }
   // Never mix two steps: the previous snapshot must be complete before this
@@ -562,17 +575,7 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
       mu_.Await(absl::Condition(&room));
     }
     // Re-check what may have changed while this call waited or planned.
-    if (closed_) return absl::FailedPreconditionError("checkpointer is closed");
-    if (!pending_error_.ok()) {
-      absl::Status s = std::move(pending_error_);
-      pending_error_ = absl::OkStatus();
-      return absl::Status(s.code(),
-                          absl::StrCat("an earlier save failed: ", s.message()));
-    }
-    if (step <= last_step_) {
-      return absl::InvalidArgumentError(absl::StrCat("step ", step, " is not after step ",
-                                                     last_step_, "; steps must grow"));
-    }
+    SNAPBACK_RETURN_IF_ERROR(SaveAllowed(step));
     ++inflight_;
     last_step_ = step;
     last_state_ = state;
@@ -615,11 +618,7 @@ absl::Status CheckpointerImpl::Flush() {
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
     mu_.Await(absl::Condition(&idle));
     // The first failure not yet reported by a Save(), else the last save's.
-    if (!pending_error_.ok()) {
-      absl::Status s = std::move(pending_error_);
-      pending_error_ = absl::OkStatus();
-      return s;
-    }
+    if (absl::Status s = TakePendingError(); !s.ok()) return s;
     last = last_state_;
   }
   return last ? SaveHandle(last).Wait() : absl::OkStatus();
@@ -990,7 +989,6 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
     char* dst;
     uint32_t length;
     std::string key;  // for the incremental map
-    const std::string* owner;
   };
   std::vector<Fetch> fetches;
   auto plan = [&](bool is_blob, const std::string& name, uint64_t byte_length,
@@ -1003,8 +1001,7 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
         return absl::DataLossError(
             absl::StrCat("manifest of '", name, "' names more bytes than it has"));
       }
-      fetches.push_back(
-          {id, dst + off, chunks[k].length(), ChunkKey(is_blob, name, k), nullptr});
+      fetches.push_back({id, dst + off, chunks[k].length(), ChunkKey(is_blob, name, k)});
       off += chunks[k].length();
     }
     if (off != byte_length) {

@@ -37,11 +37,6 @@ StagingPool::Buffer StagingPool::Acquire() {
   return Buffer(this, Memory(p));
 }
 
-int StagingPool::allocated() {
-  absl::MutexLock lock(&mu_);
-  return allocated_;
-}
-
 int StagingPool::available() {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(free_.size()) + capacity_ - allocated_;

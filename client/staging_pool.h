@@ -57,8 +57,6 @@ class StagingPool {
   Buffer Acquire();
   uint64_t chunk_bytes() const { return chunk_bytes_; }
   int capacity() const { return capacity_; }
-  // Buffers allocated so far (never more than capacity()).
-  int allocated();
   // Buffers Acquire() could hand out now without waiting.
   int available();
 

@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -76,19 +78,27 @@ void Subprocess::Kill(int signal) {
 
 int Subprocess::Wait(absl::Duration timeout) {
   if (exited_) return exit_code_;
-  const absl::Time deadline = absl::Now() + timeout;
-  while (true) {
-    int status = 0;
-    pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      exited_ = true;
-      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      return exit_code_;
+  // A pidfd becomes readable when the child exits: wait on it with a
+  // deadline instead of polling waitpid().
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd >= 0) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      pollfd p{pidfd, POLLIN, 0};
+      const int64_t ms =
+          std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now()));
+      const int rc = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1 << 30)));
+      if (rc < 0 && errno == EINTR) continue;
+      break;
     }
-    if (absl::Now() >= deadline) return -1;
-    // Polling the child's state: there is no fd to wait on for a pid here.
-    absl::SleepFor(absl::Milliseconds(5));
+    close(pidfd);
   }
+  int status = 0;
+  // Already reaped by nobody else; WNOHANG: still running means timeout.
+  if (waitpid(pid_, &status, pidfd >= 0 ? WNOHANG : 0) != pid_) return -1;
+  exited_ = true;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return exit_code_;
 }
 
 std::string Subprocess::BinPath(const std::string& name) {
