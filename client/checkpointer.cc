@@ -303,6 +303,7 @@ class CheckpointerImpl final : public Checkpointer {
   absl::StatusOr<RestoreResult> Restore(std::optional<int64_t> step) override;
   absl::StatusOr<RestoreResult> RestoreInto(absl::Span<const MutableTensorView> targets,
                                             std::optional<int64_t> step) override;
+  void ReportStep(int64_t step) override { reported_step_.store(step); }
   absl::Status Close() override;
 
  private:
@@ -359,6 +360,8 @@ class CheckpointerImpl final : public Checkpointer {
   // chunk and kept for later saves.
   absl::flat_hash_map<std::string, int> codec_choice_;
   absl::Mutex prev_mu_;
+  // The training step last reported (ReportStep or Save); sent by the heartbeat.
+  std::atomic<int64_t> reported_step_{-1};
   std::thread driver_;
 };
 

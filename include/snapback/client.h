@@ -219,6 +219,13 @@ class Checkpointer {
       absl::Span<const MutableTensorView> targets,
       std::optional<int64_t> step = std::nullopt) = 0;
 
+  // Tells the failure detector this rank has reached training step `step`
+  // (call it once per step; it is cheap: no RPC, the heartbeat sends the
+  // latest value). A step that stops advancing for hang_factor × the
+  // observed step time is reported as a hang. Save() and Restore() report
+  // their own phases (saving / restoring) while they block the caller.
+  virtual void ReportStep(int64_t step) = 0;
+
   // Flushes and stops the background threads. Later calls fail.
   virtual absl::Status Close() = 0;
 };
