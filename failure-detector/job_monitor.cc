@@ -29,6 +29,8 @@ const char* JobStateName(JobState s) {
       return "RESTARTING";
     case JobState::kRecovering:
       return "RECOVERING";
+    case JobState::kFinished:
+      return "FINISHED";
     case JobState::kGaveUp:
       return "GAVE_UP";
   }
@@ -70,6 +72,10 @@ absl::Duration JobMonitor::HangLimit() const {
   return std::max(options_.hang_floor, median * options_.hang_factor);
 }
 
+bool JobMonitor::Terminal() const {
+  return state_ == JobState::kGaveUp || state_ == JobState::kFinished;
+}
+
 void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
   if (state_ == JobState::kGaveUp || beat.incarnation < incarnation_) return;  // a zombie
   if (beat.rank < 0 || beat.rank >= options_.world_size) return;
@@ -80,6 +86,7 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
   }
   const absl::Duration now = clock_->Monotonic();
   RankState& r = ranks_[beat.rank];
+  if (r.done) return;
   r.phi.Heartbeat(now);
   r.last_beat_wall = clock_->Now();
   if (!r.seen || beat.phase != r.phase) r.phase_since = now;
@@ -100,18 +107,23 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
   Incident* open = OpenIncident(incidents_);
   if (state_ == JobState::kRestarting &&
       std::all_of(ranks_.begin(), ranks_.end(),
-                  [](const RankState& s) { return s.seen; })) {
+                  [](const RankState& s) { return s.seen || s.done; })) {
     state_ = JobState::kRecovering;
     if (open != nullptr) open->ranks_back = clock_->Now();
   }
   if (state_ == JobState::kRecovering && open != nullptr) {
-    const bool all_training = std::all_of(
-        ranks_.begin(), ranks_.end(),
-        [](const RankState& s) { return s.seen && s.phase != Phase::kRestoring; });
+    // Restored: every rank is past its restore and has a step (a rank
+    // reports -1 until it restored or started from scratch at step 0).
+    const bool all_training =
+        std::all_of(ranks_.begin(), ranks_.end(), [](const RankState& s) {
+          return s.done || (s.seen && s.phase != Phase::kRestoring && s.step >= 0);
+        });
     if (open->restored == absl::InfinitePast() && all_training) {
       open->restored = clock_->Now();
-      int64_t lowest = ranks_[0].step;
-      for (const RankState& s : ranks_) lowest = std::min(lowest, s.step);
+      int64_t lowest = -1;
+      for (const RankState& s : ranks_) {
+        if (!s.done && (lowest < 0 || s.step < lowest)) lowest = s.step;
+      }
       open->restored_step = lowest;
     }
     if (open->restored != absl::InfinitePast() && beat.step > open->restored_step) {
@@ -124,18 +136,68 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
 }
 
 void JobMonitor::OnStreamBroken(int rank, int64_t incarnation) {
+  OnRankFailed(rank, incarnation,
+               absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
+}
+
+void JobMonitor::OnRankFailed(int rank, int64_t incarnation, std::string description) {
   if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
-  if (state_ == JobState::kFailed || state_ == JobState::kGaveUp) return;
-  Fail(IncidentKind::kRankExit, rank,
-       absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process exited)"));
+  if (state_ == JobState::kFailed || Terminal() || ranks_[rank].done) return;
+  // A second rank of the same incarnation failing while the restart is
+  // under way is part of the same incident.
+  if (state_ == JobState::kRestarting && OpenIncident(incidents_) != nullptr) return;
+  Fail(IncidentKind::kRankExit, rank, std::move(description));
+}
+
+void JobMonitor::OnRankDone(int rank, int64_t incarnation) {
+  if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
+  if (Terminal()) return;
+  ranks_[rank].done = true;
+  if (std::all_of(ranks_.begin(), ranks_.end(),
+                  [](const RankState& s) { return s.done; })) {
+    state_ = JobState::kFinished;
+    pending_restart_ = false;
+  }
+}
+
+void JobMonitor::OnFatal(int rank, int64_t incarnation, std::string description) {
+  if (incarnation != incarnation_ || Terminal()) return;
+  if (state_ != JobState::kFailed) {
+    Fail(IncidentKind::kRankExit, rank, description);
+  }
+  state_ = JobState::kGaveUp;
+  pending_restart_ = false;
+  pending_give_up_ = true;
+  give_up_reason_ = absl::StrCat(description, "; the exit code says not to restart (",
+                                 "fix the cause, then start the job again)");
+}
+
+void JobMonitor::OnSchedulerError(std::string error) {
+  if (Incident* open = OpenIncident(incidents_)) open->scheduler_error = std::move(error);
+}
+
+std::vector<JobMonitor::RankView> JobMonitor::Ranks() const {
+  std::vector<RankView> out;
+  const absl::Duration now = clock_->Monotonic();
+  for (const RankState& r : ranks_) {
+    out.push_back({.seen = r.seen,
+                   .done = r.done,
+                   .step = r.step,
+                   .phase = r.phase,
+                   .phi = r.seen && !r.done ? r.phi.Phi(now) : 0,
+                   .last_beat = r.last_beat_wall});
+  }
+  return out;
 }
 
 void JobMonitor::OnCommitted(int64_t step) { committed_ = std::max(committed_, step); }
 
-void JobMonitor::OnOperatorRestore(int64_t step) {
+void JobMonitor::OnOperatorRestore(int64_t step, const std::string& why) {
   if (state_ == JobState::kGaveUp) return;
+  // A finished job can be restarted by an operator too.
   Fail(IncidentKind::kOperatorRestore, -1,
-       absl::StrCat("an operator forced a restore to step ", step));
+       absl::StrCat("an operator forced a restore to step ", step,
+                    why.empty() ? "" : absl::StrCat(": ", why)));
 }
 
 void JobMonitor::OnRestartRequested(int64_t new_incarnation) {
@@ -148,6 +210,7 @@ void JobMonitor::OnRestartRequested(int64_t new_incarnation) {
     if (open->restart_requested == absl::InfinitePast()) {
       open->restart_requested = clock_->Now();
     }
+    open->new_incarnation = new_incarnation;
   }
 }
 
@@ -172,14 +235,18 @@ void JobMonitor::Fail(IncidentKind kind, int rank, std::string reason) {
 }
 
 JobMonitor::Action JobMonitor::Tick() {
-  if (state_ == JobState::kGaveUp) return {Action::kNone, give_up_reason_};
+  if (pending_give_up_) {
+    pending_give_up_ = false;
+    return {Action::kGiveUp, give_up_reason_};
+  }
+  if (Terminal()) return {Action::kNone, give_up_reason_};
   const absl::Duration now = clock_->Monotonic();
   if (state_ == JobState::kRunning || state_ == JobState::kSuspect ||
       state_ == JobState::kRecovering) {
     bool suspect = false;
     for (int i = 0; i < options_.world_size && state_ != JobState::kFailed; ++i) {
       const RankState& r = ranks_[i];
-      if (!r.seen) continue;
+      if (!r.seen || r.done) continue;
       const double phi = r.phi.Phi(now);
       if (phi >= options_.fail_phi) {
         Fail(IncidentKind::kHeartbeatLoss, i,
@@ -232,8 +299,12 @@ JobMonitor::Action JobMonitor::Tick() {
 
 absl::Duration JobMonitor::NextDeadline() const {
   absl::Duration next = absl::InfiniteDuration();
+  if (pending_give_up_ || (state_ == JobState::kFailed && pending_restart_)) {
+    return absl::ZeroDuration();
+  }
+  if (Terminal() || state_ == JobState::kRestarting) return next;
   for (const RankState& r : ranks_) {
-    if (!r.seen) continue;
+    if (!r.seen || r.done) continue;
     next = std::min(next, r.phi.WhenPhiReaches(options_.suspect_phi));
     next = std::min(next, r.phi.WhenPhiReaches(options_.fail_phi));
     switch (r.phase) {

@@ -39,7 +39,18 @@
 namespace snapback::detector {
 
 enum class Phase { kTraining, kSaving, kRestoring };
-enum class JobState { kRunning, kSuspect, kFailed, kRestarting, kRecovering, kGaveUp };
+// kFinished: every rank finished (closed its checkpointer or exited 0).
+// kGaveUp: the terminal failure (restart-loop guard, a "do not restart"
+// exit); the owner cancels the job.
+enum class JobState {
+  kRunning,
+  kSuspect,
+  kFailed,
+  kRestarting,
+  kRecovering,
+  kFinished,
+  kGaveUp
+};
 enum class IncidentKind { kRankExit, kHeartbeatLoss, kHang, kOperatorRestore };
 
 const char* JobStateName(JobState s);
@@ -67,6 +78,8 @@ struct Incident {
   absl::Time restored = absl::InfinitePast();
   int64_t restored_step = -1;
   absl::Time first_new_step = absl::InfinitePast();
+  int64_t new_incarnation = 0;  // the incarnation that replaced it
+  std::string scheduler_error;  // the scheduler's refusal, if any
 
   bool closed() const { return first_new_step != absl::InfinitePast(); }
   // Detection: last healthy → detected.
@@ -122,15 +135,38 @@ class JobMonitor {
   // Inputs. Heartbeats of an older incarnation (a zombie) are ignored.
   void OnHeartbeat(const Heartbeat& beat);
   void OnStreamBroken(int rank, int64_t incarnation);
+  // The launcher saw the rank's process exit with a failure (`description`
+  // says how, e.g. "killed by SIGKILL"). Same effect as a broken stream.
+  void OnRankFailed(int rank, int64_t incarnation, std::string description);
+  // The rank finished (exit 0, or a final DONE beat): no longer monitored.
+  // When every rank has finished the job is kFinished.
+  void OnRankDone(int rank, int64_t incarnation);
+  // A failure that must not be retried (a "do not restart" exit): the job
+  // goes to kGaveUp and the next Tick() says kGiveUp.
+  void OnFatal(int rank, int64_t incarnation, std::string description);
+  // The scheduler refused or failed the restart order.
+  void OnSchedulerError(std::string error);
   // The job's latest committed step (for the restart-loop guard).
   void OnCommitted(int64_t step);
   // An operator forced a restore: the job restarts like after a failure.
-  void OnOperatorRestore(int64_t step);
+  void OnOperatorRestore(int64_t step, const std::string& why = "");
   // The scheduler was asked to restart the job as `new_incarnation`.
   void OnRestartRequested(int64_t new_incarnation);
 
   // Evaluates the timers; says what the owner should do now.
   Action Tick();
+
+  // What the detector knows of one rank (for health reports).
+  struct RankView {
+    bool seen = false;
+    bool done = false;
+    int64_t step = -1;
+    Phase phase = Phase::kTraining;
+    double phi = 0;
+    absl::Time last_beat = absl::InfinitePast();
+  };
+  std::vector<RankView> Ranks() const;
+  const std::string& give_up_reason() const { return give_up_reason_; }
 
   JobState state() const { return state_; }
   int64_t incarnation() const { return incarnation_; }
@@ -143,6 +179,7 @@ class JobMonitor {
   struct RankState {
     PhiAccrualDetector phi;
     bool seen = false;
+    bool done = false;
     int64_t step = -1;
     Phase phase = Phase::kTraining;
     absl::Duration step_since = absl::ZeroDuration();   // monotonic: step last advanced
@@ -152,6 +189,7 @@ class JobMonitor {
 
   void Fail(IncidentKind kind, int rank, std::string reason);
   void ResetRanks();
+  bool Terminal() const;
   absl::Duration HangLimit() const;
 
   MonitorOptions options_;
@@ -166,6 +204,7 @@ class JobMonitor {
   int64_t committed_at_last_restart_ = -1;
   int restarts_without_progress_ = 0;
   bool pending_restart_ = false;
+  bool pending_give_up_ = false;
   std::string give_up_reason_;
 };
 

@@ -99,8 +99,13 @@ grpc::ServerUnaryReactor* CoordinatorServiceImpl::ClaimChunks(
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::CommitRank(
     grpc::CallbackServerContext* ctx, const v1::CommitRankRequest* req,
     v1::CommitRankResponse* resp) {
-  return Run(ctx, "CommitRank",
-             [this, req, resp] { return Fill(store_->CommitRank(*req), resp); });
+  return Run(ctx, "CommitRank", [this, req, resp] {
+    absl::Status s = Fill(store_->CommitRank(*req), resp);
+    if (s.ok() && resp->checkpoint_committed() && on_commit_) {
+      on_commit_(req->rank().job_id(), req->step());
+    }
+    return s;
+  });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::AbortCheckpoint(

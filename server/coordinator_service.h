@@ -90,6 +90,13 @@ class CoordinatorServiceImpl final
                                            const v1::CollectGarbageRequest* req,
                                            v1::CollectGarbageResponse* resp) override;
 
+  // Called (on a pool thread) after each CommitRank that leaves its
+  // checkpoint COMMITTED; the failure detector uses it for the restart-loop
+  // guard. Set before the service is registered.
+  void SetCommitListener(std::function<void(const std::string&, int64_t)> f) {
+    on_commit_ = std::move(f);
+  }
+
   // Blocks until no call is alive or `deadline` passes. True when idle.
   bool WaitIdle(absl::Time deadline = absl::InfiniteFuture());
   // Calls alive right now, for tests.
@@ -103,6 +110,7 @@ class CoordinatorServiceImpl final
 
   CoordinatorStore* const store_;
   ThreadPool* const pool_;
+  std::function<void(const std::string&, int64_t)> on_commit_;
   absl::Mutex mu_;
   int active_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };

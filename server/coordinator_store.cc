@@ -57,6 +57,10 @@ std::string StepPrefix(absl::string_view kind, absl::string_view job, int64_t st
   PutBE(&key, static_cast<uint64_t>(step), 8);
   return key;
 }
+// Incidents of the failure detector: "i/<job>\0<seq, 8 bytes big-endian>".
+std::string IncidentPrefix(absl::string_view job) {
+  return absl::StrCat("i/", job, absl::string_view("\0", 1));
+}
 std::string JobCheckpointPrefix(absl::string_view job) {
   return absl::StrCat("c/", job, absl::string_view("\0", 1));
 }
@@ -745,6 +749,16 @@ absl::StatusOr<v1::RegisterJobResponse> CoordinatorStore::RegisterJob(
           "; a job's world size never changes: register a new job id (resharding "
           "happens when restoring)"));
     }
+    if (!req.scheduler().empty() && (req.scheduler() != existing->scheduler() ||
+                                     req.scheduler_job_id() != existing->scheduler_job_id())) {
+      // The job now runs under another launcher or scheduler job: the
+      // detector must restart it through that one.
+      existing->set_scheduler(req.scheduler());
+      existing->set_scheduler_job_id(req.scheduler_job_id());
+      Txn txn(this);
+      txn.batch.Put(JobKey(existing->job_id()), existing->SerializeAsString());
+      SNAPBACK_RETURN_IF_ERROR(txn.Write());
+    }
     *out.mutable_job() = *std::move(existing);
     out.set_created(false);
     return out;
@@ -776,6 +790,47 @@ absl::StatusOr<JobInfo> CoordinatorStore::DescribeJob(absl::string_view job_id) 
   SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
   absl::ReaderMutexLock lock(&mu_);
   return LoadJob(job_id);
+}
+
+absl::StatusOr<JobInfo> CoordinatorStore::AdvanceIncarnation(absl::string_view job_id) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  absl::MutexLock lock(&mu_);
+  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(job_id));
+  v1::RankRef ref;
+  ref.set_job_id(std::string(job_id));
+  ref.set_incarnation(job.incarnation() + 1);
+  SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
+  return job;
+}
+
+absl::Status CoordinatorStore::PutIncident(const v1::Incident& incident) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(incident.job_id()));
+  if (incident.seq() < 0) return absl::InvalidArgumentError("incident seq must be >= 0");
+  std::string key = IncidentPrefix(incident.job_id());
+  PutBE(&key, static_cast<uint64_t>(incident.seq()), 8);
+  absl::MutexLock lock(&mu_);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db_->Put(wo, Sl(key), incident.SerializeAsString()), "write incident");
+}
+
+absl::StatusOr<std::vector<v1::Incident>> CoordinatorStore::ListIncidents(
+    absl::string_view job_id) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  absl::ReaderMutexLock lock(&mu_);
+  const std::string prefix = IncidentPrefix(job_id);
+  std::vector<v1::Incident> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    v1::Incident incident;
+    if (!incident.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(
+          absl::StrCat("malformed incident record of job ", Quote(job_id)));
+    }
+    out.push_back(std::move(incident));
+  }
+  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan incidents"));
+  return out;
 }
 
 absl::StatusOr<v1::ListJobsResponse> CoordinatorStore::ListJobs() {

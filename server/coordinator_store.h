@@ -59,6 +59,7 @@
 #include "common/hash.h"
 #include "server/chunk_tier.h"
 #include "snapback/v1/coordinator.pb.h"
+#include "snapback/v1/detector.pb.h"
 #include "storage/chunk_store.h"
 
 namespace rocksdb {
@@ -159,6 +160,15 @@ class CoordinatorStore {
                                                                 int64_t step);
   absl::StatusOr<v1::JobInfo> SetRestoreTarget(absl::string_view job_id, int64_t step);
   absl::StatusOr<v1::JobInfo> ClearRestoreTarget(absl::string_view job_id);
+
+  // The failure detector's calls. AdvanceIncarnation raises the job's
+  // incarnation by one and aborts the WRITING checkpoints of older ones
+  // (fencing every rank of the old run) in one synced write; returns the
+  // updated job. PutIncident writes (creates or replaces) incident
+  // (job_id, seq), synced; ListIncidents returns a job's, oldest first.
+  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(absl::string_view job_id);
+  absl::Status PutIncident(const v1::Incident& incident);
+  absl::StatusOr<std::vector<v1::Incident>> ListIncidents(absl::string_view job_id);
 
   // Retention, lease expiry, and chunk deletion (see the header comment).
   // On a tier error, chunks already deleted in earlier batches stay deleted

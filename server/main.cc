@@ -35,7 +35,8 @@ constexpr char kUsage[] =
     "         [--allow-insecure-remote] [--segment-mb N] [--io auto|io_uring|pwrite]\n"
     "         [--index-recovery strict|drop-torn-tail] [--checkpoint-lease DURATION]\n"
     "         [--gc-grace DURATION] [--gc-interval DURATION] [--keep-last N]\n"
-    "         [--ready-file PATH]\n"
+    "         [--hang-factor X] [--hang-floor D] [--fail-phi X] [--save-budget D]\n"
+    "         [--restore-budget D] [--max-restarts N] [--ready-file PATH]\n"
     "\n"
     "  --data-dir DIR         chunks (segments/, index/) and coordinator metadata\n"
     "                         (meta/) live here (required; created if missing)\n"
@@ -64,6 +65,15 @@ constexpr char kUsage[] =
     "(default 5m)\n"
     "  --keep-last N          retention for jobs registered without a policy (default "
     "3)\n"
+    "  --fail-phi X           failure detector: declare a rank whose heartbeats stopped\n"
+    "                         failed at this phi-accrual suspicion (default 8)\n"
+    "  --hang-factor X        a step that does not advance for X times the median\n"
+    "                         step time is a hang (default 10) ...\n"
+    "  --hang-floor D         ... but never less than D (default 60s)\n"
+    "  --save-budget D        longest a rank may spend saving (default 10m)\n"
+    "  --restore-budget D     longest a rank may spend restoring (default 10m)\n"
+    "  --max-restarts N       restarts without a newly committed checkpoint before the\n"
+    "                         detector gives up on a job (default 3)\n"
     "  --ready-file PATH      write the bound port to PATH once serving\n"
     "\n"
     "Durations are like 90s, 30m, 1h30m.\n";
@@ -140,6 +150,12 @@ Flags ParseFlags(int argc, char** argv) {
                                                   "gc-grace",
                                                   "gc-interval",
                                                   "keep-last",
+                                                  "fail-phi",
+                                                  "hang-factor",
+                                                  "hang-floor",
+                                                  "save-budget",
+                                                  "restore-budget",
+                                                  "max-restarts",
                                                   "ready-file"};
     if (std::find(std::begin(kValueFlags), std::end(kValueFlags), name) ==
         std::end(kValueFlags)) {
@@ -216,6 +232,29 @@ Flags ParseFlags(int argc, char** argv) {
         BadFlag(absl::StrCat("--index-recovery '", value,
                              "' must be strict or drop-torn-tail"));
       }
+    } else if (name == "fail-phi" || name == "hang-factor") {
+      double x = 0;
+      if (!absl::SimpleAtod(value, &x) || !(x >= 1 && x <= 1000)) {
+        BadFlag(absl::StrCat("--", name, " '", value, "' must be a number in 1..1000"));
+      }
+      (name == "fail-phi" ? flags.options.detector.monitor.fail_phi
+                          : flags.options.detector.monitor.hang_factor) = x;
+      if (name == "fail-phi") {
+        flags.options.detector.monitor.suspect_phi =
+            std::min(flags.options.detector.monitor.suspect_phi, x);
+      }
+    } else if (name == "hang-floor") {
+      flags.options.detector.monitor.hang_floor = ParseDurationFlag(name, value, false);
+    } else if (name == "save-budget") {
+      flags.options.detector.monitor.save_budget = ParseDurationFlag(name, value, false);
+    } else if (name == "restore-budget") {
+      flags.options.detector.monitor.restore_budget = ParseDurationFlag(name, value, false);
+    } else if (name == "max-restarts") {
+      int n = 0;
+      if (!absl::SimpleAtoi(value, &n) || n < 0 || n > 1000) {
+        BadFlag(absl::StrCat("--max-restarts '", value, "' must be a count in 0..1000"));
+      }
+      flags.options.detector.monitor.max_restarts_without_progress = n;
     } else if (name == "ready-file") {
       flags.ready_file = value;
     } else {

@@ -169,6 +169,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         std::make_unique<ThreadPool>(std::max(1, options.coordinator_threads));
     server->coordinator_service_ = std::make_unique<CoordinatorServiceImpl>(
         server->coordinator_store_.get(), server->coordinator_pool_.get());
+    server->job_directory_ =
+        std::make_unique<StoreJobDirectory>(server->coordinator_store_.get());
+    server->detector_ = std::make_unique<detector::Detector>(
+        options.detector,
+        options.coordinator.clock != nullptr ? options.coordinator.clock : RealClock(),
+        server->job_directory_.get());
+    server->detector_service_ = std::make_unique<DetectorServiceImpl>(
+        server->detector_.get(), server->coordinator_store_.get(),
+        server->coordinator_pool_.get());
+    server->detector_->AddAdapter(server->detector_service_->local_adapter());
+    for (const auto& adapter : options.scheduler_adapters) {
+      server->detector_->AddAdapter(adapter);
+    }
+    server->coordinator_service_->SetCommitListener(
+        [d = server->detector_.get()](const std::string& job, int64_t step) {
+          d->OnCommitted(job, step);
+        });
   }
   if (run_storage) {
     int verify_threads = options.verify_threads;
@@ -188,6 +205,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (server->service_ != nullptr) builder.RegisterService(server->service_.get());
   if (server->coordinator_service_ != nullptr) {
     builder.RegisterService(server->coordinator_service_.get());
+    builder.RegisterService(server->detector_service_.get());
   }
   // gRPC's receive limit is per server, not per service. A storage node
   // lets gRPC refuse oversized frames; with the coordinator on the port the
@@ -251,13 +269,19 @@ void Server::Shutdown(absl::Duration grace) {
     absl::MutexLock gc_lock(&gc_mu_);
     gc_stop_ = true;
   }
+  // Heartbeat and launcher streams last as long as their processes: end
+  // them now rather than waiting out the grace period (the ranks reconnect
+  // to the next coordinator), and stop the detector acting on their ends.
+  if (detector_service_ != nullptr) detector_service_->BeginShutdown();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   }
+  if (detector_ != nullptr) detector_->Stop();
   // Cancelled calls still finish their pool work (e.g. a Put waiting for
   // fsync) before the pools and the stores may go away.
   if (service_ != nullptr) service_->WaitIdle();
   if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle();
+  if (detector_service_ != nullptr) detector_service_->WaitIdle();
   if (gc_thread_.joinable()) gc_thread_.join();
   shutdown_done_.Notify();
 }

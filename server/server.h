@@ -40,6 +40,8 @@
 #include "server/chunk_tier.h"
 #include "server/coordinator_service.h"
 #include "server/coordinator_store.h"
+#include "server/detector_service.h"
+#include "failure-detector/detector.h"
 #include "server/storage_service.h"
 #include "storage/chunk_store.h"
 
@@ -96,6 +98,16 @@ struct ServerOptions {
   // FAILED_PRECONDITION.
   // Default: false
   bool allow_insecure_remote = false;
+  // The failure detector of the coordinator: heartbeat thresholds, hang
+  // limits, save/restore budgets, the restart-loop guard (every role but
+  // "storage" runs it).
+  // Default: see detector::DetectorOptions
+  detector::DetectorOptions detector;
+  // Scheduler adapters besides "local" (always there): slurm, exec. The
+  // detector restarts a job through the adapter named by its
+  // JobInfo.scheduler.
+  // Default: {}
+  std::vector<std::shared_ptr<detector::SchedulerAdapter>> scheduler_adapters;
   // Per-call limits of the storage service.
   // Default: see StorageLimits
   StorageLimits limits;
@@ -151,6 +163,7 @@ class Server {
     return coordinator_service_.get();
   }
   CoordinatorStore* TEST_coordinator_store() { return coordinator_store_.get(); }
+  detector::Detector* TEST_detector() { return detector_.get(); }
 
  private:
   Server() = default;
@@ -168,6 +181,9 @@ class Server {
   std::unique_ptr<ThreadPool> coordinator_pool_;
   std::unique_ptr<StorageServiceImpl> service_;
   std::unique_ptr<CoordinatorServiceImpl> coordinator_service_;
+  std::unique_ptr<StoreJobDirectory> job_directory_;
+  std::unique_ptr<detector::Detector> detector_;
+  std::unique_ptr<DetectorServiceImpl> detector_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
   std::string address_;

@@ -1,0 +1,118 @@
+// DetectorServiceImpl: the gRPC face of the failure detector
+// (proto/snapback/v1/detector.proto), served by the coordinator.
+//
+// Heartbeat streams feed the Detector; a stream that ends without a DONE
+// beat reports the rank dead. Launch streams connect snapback-launch: the
+// service registers the job bound to scheduler "local", answers the hello
+// with the incarnation to run, forwards rank exits to the Detector, and is
+// the "local" SchedulerAdapter: a restart is a Start order on the job's
+// launcher stream.
+//
+// Streams live as long as the processes behind them, so Server::Shutdown()
+// calls BeginShutdown() first: it ends every stream at once (and the
+// detector does not read those ends as failures).
+//
+// Thread-safe. The detector, store and pool must outlive the service, and
+// the service the grpc::Server it is registered with.
+#ifndef SNAPBACK_SERVER_DETECTOR_SERVICE_H_
+#define SNAPBACK_SERVER_DETECTOR_SERVICE_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/thread_pool.h"
+#include "failure-detector/detector.h"
+#include "failure-detector/scheduler.h"
+#include "server/coordinator_store.h"
+#include "snapback/v1/detector.grpc.pb.h"
+
+namespace snapback::server {
+
+// The Detector's view of the coordinator's metadata.
+class StoreJobDirectory final : public detector::JobDirectory {
+ public:
+  explicit StoreJobDirectory(CoordinatorStore* store) : store_(store) {}
+  absl::StatusOr<v1::JobInfo> DescribeJob(const std::string& job_id) override {
+    return store_->DescribeJob(job_id);
+  }
+  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& job_id) override {
+    return store_->AdvanceIncarnation(job_id);
+  }
+  absl::Status PutIncident(const v1::Incident& incident) override {
+    return store_->PutIncident(incident);
+  }
+  absl::StatusOr<std::vector<v1::Incident>> ListIncidents(
+      const std::string& job_id) override {
+    return store_->ListIncidents(job_id);
+  }
+
+ private:
+  CoordinatorStore* const store_;
+};
+
+class DetectorServiceImpl final : public v1::DetectorService::CallbackService {
+ public:
+  DetectorServiceImpl(detector::Detector* detector, CoordinatorStore* store,
+                      ThreadPool* pool);
+  ~DetectorServiceImpl() override;
+
+  grpc::ServerBidiReactor<v1::HeartbeatRequest, v1::HeartbeatResponse>* Heartbeat(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::LauncherEvent, v1::LauncherOrder>* Launch(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* GetJobHealth(grpc::CallbackServerContext* ctx,
+                                         const v1::GetJobHealthRequest* req,
+                                         v1::JobHealth* resp) override;
+  grpc::ServerUnaryReactor* ListIncidents(grpc::CallbackServerContext* ctx,
+                                          const v1::ListIncidentsRequest* req,
+                                          v1::ListIncidentsResponse* resp) override;
+  grpc::ServerUnaryReactor* RestartJob(grpc::CallbackServerContext* ctx,
+                                       const v1::RestartJobRequest* req,
+                                       v1::JobHealth* resp) override;
+
+  // The "local" scheduler adapter (orders to snapback-launch).
+  std::shared_ptr<detector::SchedulerAdapter> local_adapter() { return local_; }
+
+  // Ends every open stream now; later stream ends are not failures.
+  void BeginShutdown();
+  // Blocks until no call or stream is alive or `deadline` passes.
+  bool WaitIdle(absl::Time deadline = absl::InfiniteFuture());
+
+  class Stream;  // a live stream (heartbeat or launcher), for BeginShutdown
+  class LaunchStream;
+
+ private:
+  friend class LocalAdapter;
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx,
+                                std::function<absl::Status()> work);
+  void Add(Stream* s);
+  void Remove(Stream* s);
+  bool shutting_down();
+  // The "local" adapter's orders: to the launcher of `job_id`.
+  absl::Status SendToLauncher(const std::string& job_id, v1::LauncherOrder order);
+  bool HasLauncher(const std::string& job_id);
+  void SetLauncher(const std::string& job_id, LaunchStream* s);
+  void ClearLauncher(const std::string& job_id, LaunchStream* s);
+
+  detector::Detector* const detector_;
+  CoordinatorStore* const store_;
+  ThreadPool* const pool_;
+  std::shared_ptr<detector::SchedulerAdapter> local_;
+
+  absl::Mutex mu_;
+  std::set<Stream*> streams_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, LaunchStream*> launchers_ ABSL_GUARDED_BY(mu_);
+  int active_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace snapback::server
+
+#endif  // SNAPBACK_SERVER_DETECTOR_SERVICE_H_
