@@ -34,6 +34,7 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "client/heartbeat.h"
 #include "client/staging_pool.h"
 #include "client/storage_client.h"
 #include "common/codec.h"
@@ -231,6 +232,7 @@ class Connection {
         stub_(v1::CoordinatorService::NewStub(channel_)) {}
 
   const ClientOptions& options() const { return options_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   v1::CoordinatorService::Stub* stub() { return stub_.get(); }
 
   std::unique_ptr<grpc::ClientContext> Context() const {
@@ -291,6 +293,13 @@ class CheckpointerImpl final : public Checkpointer {
         hash_pool_(options_.pipeline_threads),
         upload_pool_(options_.upload_streams) {
     driver_ = std::thread([this] { DriverLoop(); });
+    if (options_.heartbeat_interval > absl::ZeroDuration()) {
+      heartbeat_ = std::make_unique<Heartbeater>(
+          client_->channel(), HeartbeatOptions{.job_id = options_.job_id,
+                                               .rank = options_.rank,
+                                               .incarnation = options_.incarnation,
+                                               .interval = options_.heartbeat_interval});
+    }
   }
 
   ~CheckpointerImpl() override { (void)Close(); }
@@ -303,7 +312,11 @@ class CheckpointerImpl final : public Checkpointer {
   absl::StatusOr<RestoreResult> Restore(std::optional<int64_t> step) override;
   absl::StatusOr<RestoreResult> RestoreInto(absl::Span<const MutableTensorView> targets,
                                             std::optional<int64_t> step) override;
-  void ReportStep(int64_t step) override { reported_step_.store(step); }
+  absl::StatusOr<RestoreResult> RestoreImpl(absl::Span<const MutableTensorView> targets,
+                                            std::optional<int64_t> step);
+  void ReportStep(int64_t step) override {
+    if (heartbeat_ != nullptr) heartbeat_->SetStep(step);
+  }
   absl::Status Close() override;
 
  private:
@@ -360,8 +373,8 @@ class CheckpointerImpl final : public Checkpointer {
   // chunk and kept for later saves.
   absl::flat_hash_map<std::string, int> codec_choice_;
   absl::Mutex prev_mu_;
-  // The training step last reported (ReportStep or Save); sent by the heartbeat.
-  std::atomic<int64_t> reported_step_{-1};
+  // The heartbeat to the failure detector (null when turned off).
+  std::unique_ptr<Heartbeater> heartbeat_;
   std::thread driver_;
 };
 
@@ -385,9 +398,14 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
     o.world_size = static_cast<int>(v);
   }
   if (o.incarnation < 0) {
-    v = 1;
+    v = -1;
     SNAPBACK_RETURN_IF_ERROR(EnvInt("SNAPBACK_INCARNATION", &v));
-    o.incarnation = v;
+    o.incarnation = v;  // -1: the coordinator's, after registering below
+  }
+  if (o.heartbeat_interval < absl::ZeroDuration()) {
+    v = 1000;
+    SNAPBACK_RETURN_IF_ERROR(EnvInt("SNAPBACK_HEARTBEAT_MS", &v));
+    o.heartbeat_interval = absl::Milliseconds(std::max<int64_t>(0, v));
   }
   if (o.rank < 0 || o.rank >= o.world_size) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -407,11 +425,21 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
   v1::RegisterJobRequest req;
   req.set_job_id(o.job_id);
   req.set_world_size(o.world_size);
+  // Under Slurm the detector restarts the job with `scontrol requeue`.
+  if (const std::string slurm_job = EnvOr("SLURM_JOB_ID", ""); !slurm_job.empty()) {
+    req.set_scheduler("slurm");
+    req.set_scheduler_job_id(slurm_job);
+  }
   v1::RegisterJobResponse resp;
   auto ctx = connection_->Context();
   SNAPBACK_RETURN_IF_ERROR(Rpc(
       connection_->stub()->RegisterJob(ctx.get(), req, &resp),
       absl::StrCat("register job ", o.job_id, " at ", connection_->options().endpoint)));
+  if (o.incarnation < 0) {
+    // Not launched by snapback-launch: run as the incarnation the
+    // coordinator holds (a Slurm requeue gets the one the detector raised).
+    o.incarnation = std::max<int64_t>(1, resp.job().incarnation());
+  }
   return std::unique_ptr<Checkpointer>(new CheckpointerImpl(connection_, std::move(o)));
 }
 
@@ -547,6 +575,11 @@ absl::StatusOr<SaveHandle> CheckpointerImpl::Save(int64_t step,
   // snapshots never share the staging pool.
   absl::MutexLock save_lock(&save_mu_);
   const absl::Time start = absl::Now();
+  // The training loop is inside Save(): a saving phase, not a hang.
+  if (heartbeat_ != nullptr) heartbeat_->SetPhase(v1::SAVING, step);
+  absl::Cleanup back_to_training = [this] {
+    if (heartbeat_ != nullptr) heartbeat_->SetPhase(v1::TRAINING);
+  };
   std::shared_ptr<SaveHandle::State> previous;
   {
     absl::MutexLock lock(&mu_);
@@ -961,6 +994,16 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::Restore(std::optional<int64_t> s
 
 absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreInto(
     absl::Span<const MutableTensorView> targets, std::optional<int64_t> step) {
+  if (heartbeat_ == nullptr) return RestoreImpl(targets, step);
+  heartbeat_->SetPhase(v1::RESTORING);
+  absl::StatusOr<RestoreResult> result = RestoreImpl(targets, step);
+  // The detector records the restored step as where the job resumed.
+  heartbeat_->SetPhase(v1::TRAINING, result.ok() ? result->step : -1);
+  return result;
+}
+
+absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreImpl(
+    absl::Span<const MutableTensorView> targets, std::optional<int64_t> step) {
   const absl::Time start = absl::Now();
   if (!step.has_value()) {
     SNAPBACK_ASSIGN_OR_RETURN(step, LatestStep());
@@ -1182,6 +1225,7 @@ absl::Status CheckpointerImpl::Close() {
     closed_ = true;
   }
   if (driver_.joinable()) driver_.join();
+  if (heartbeat_ != nullptr) heartbeat_->Stop();  // goodbye: finished, not dead
   return flushed;
 }
 

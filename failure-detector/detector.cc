@@ -138,10 +138,12 @@ void Detector::Persist(const std::string& job_id, Job& job) {
   const JobState state = job.monitor->state();
   if (state != job.last_state) {
     std::string why;
-    if (!incidents.empty() && (state == JobState::kFailed || state == JobState::kGaveUp)) {
-      why = absl::StrCat(": ", state == JobState::kGaveUp && !job.monitor->give_up_reason().empty()
-                                   ? job.monitor->give_up_reason()
-                                   : incidents.back().reason);
+    if (!incidents.empty() &&
+        (state == JobState::kFailed || state == JobState::kGaveUp)) {
+      why = absl::StrCat(
+          ": ", state == JobState::kGaveUp && !job.monitor->give_up_reason().empty()
+                    ? job.monitor->give_up_reason()
+                    : incidents.back().reason);
     }
     Log(absl::StrCat("job ", job_id, " incarnation ", job.monitor->incarnation(), ": ",
                      JobStateName(job.last_state), " -> ", JobStateName(state), why));
@@ -155,10 +157,10 @@ absl::Status Detector::OnHeartbeat(const std::string& job_id, const Heartbeat& b
   if (!job.ok()) return job.status();
   JobMonitor& m = *(*job)->monitor;
   if (beat.incarnation < m.incarnation()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "rank ", beat.rank, " of job ", job_id, " runs incarnation ", beat.incarnation,
-        " but the job is at incarnation ", m.incarnation(),
-        ": this process was replaced by a restart and must exit"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("rank ", beat.rank, " of job ", job_id, " runs incarnation ",
+                     beat.incarnation, " but the job is at incarnation ", m.incarnation(),
+                     ": this process was replaced by a restart and must exit"));
   }
   m.OnHeartbeat(beat);
   Persist(job_id, **job);
@@ -240,17 +242,18 @@ absl::StatusOr<int64_t> Detector::OnLauncherHello(const std::string& job_id,
   return info->incarnation();
 }
 
-absl::Status Detector::RequestRestart(const std::string& job_id, const std::string& reason) {
+absl::Status Detector::RequestRestart(const std::string& job_id,
+                                      const std::string& reason) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Job*> found = GetJob(job_id);
   if (!found.ok()) return found.status();
   absl::StatusOr<v1::JobInfo> info = jobs_->DescribeJob(job_id);
   if (!info.ok()) return info.status();
   if (info->scheduler().empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", job_id,
-                     " has no scheduler binding: run it under snapback-launch, or register "
-                     "it with scheduler slurm or exec"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id,
+        " has no scheduler binding: run it under snapback-launch, or register "
+        "it with scheduler slurm or exec"));
   }
   Job& job = **found;
   if (job.monitor->state() == JobState::kGaveUp) {
@@ -349,14 +352,16 @@ void Detector::Carry(std::vector<Order> orders) {
         const std::string why =
             !info.ok() ? info.status().ToString()
             : info->scheduler().empty()
-                ? std::string("the job has no scheduler binding (not run under "
-                              "snapback-launch, Slurm or exec): nothing restarts it")
+                ? std::string(
+                      "the job has no scheduler binding (not run under "
+                      "snapback-launch, Slurm or exec): nothing restarts it")
                 : absl::StrCat("no scheduler adapter \"", info->scheduler(),
                                "\" is configured on this coordinator");
         job.monitor->OnSchedulerError(why);
         Persist(order.job_id, job);
         Log(absl::StrCat("job ", order.job_id, ": cannot ",
-                         order.type == Order::kRestart ? "restart" : "cancel", ": ", why));
+                         order.type == Order::kRestart ? "restart" : "cancel", ": ",
+                         why));
         continue;
       }
       if (order.type == Order::kRestart && order.advance) {
@@ -417,8 +422,8 @@ void Detector::Loop() {
       for (const auto& [id, job] : by_id_) {
         next = std::min({next, job.monitor->NextDeadline(), job.retry_at});
       }
-      const absl::Duration wait =
-          std::clamp(next - clock_->Monotonic(), absl::Milliseconds(1), options_.max_wait);
+      const absl::Duration wait = std::clamp(next - clock_->Monotonic(),
+                                             absl::Milliseconds(1), options_.max_wait);
       auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stop_; };
       mu_.AwaitWithTimeout(absl::Condition(&woken), wait);
       if (stop_) return;

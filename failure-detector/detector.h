@@ -119,9 +119,9 @@ class Detector {
   struct Job {
     std::unique_ptr<JobMonitor> monitor;
     JobBinding binding;
-    int64_t seq_base = 0;                  // incidents logged before this monitor
-    std::vector<std::string> persisted;    // serialized incidents as last written
-    size_t persisted_closed = 0;           // incidents [0, n) were written closed
+    int64_t seq_base = 0;                      // incidents logged before this monitor
+    std::vector<std::string> persisted;        // serialized incidents as last written
+    size_t persisted_closed = 0;               // incidents [0, n) were written closed
     JobState last_state = JobState::kRunning;  // as last logged
     absl::Duration retry_at = absl::InfiniteDuration();  // monotonic
     int64_t retry_incarnation = 0;
@@ -137,7 +137,8 @@ class Detector {
   };
 
   // The job's entry, created from the coordinator's metadata on first use.
-  absl::StatusOr<Job*> GetJob(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Job*> GetJob(const std::string& job_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<JobMonitor> NewMonitor(const v1::JobInfo& info)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes the incidents whose timeline changed.

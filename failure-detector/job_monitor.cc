@@ -127,7 +127,19 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
       open->restored_step = lowest;
     }
     if (open->restored != absl::InfinitePast() && beat.step > open->restored_step) {
-      open->first_new_step = clock_->Now();
+      // The job runs again: this closes every incident still open (an
+      // earlier one whose restart failed too, e.g. a rank killed while
+      // restoring), so each one's MTTR runs to the real recovery.
+      const Incident now_closed = *open;
+      for (Incident& i : incidents_) {
+        if (i.closed()) continue;
+        if (i.ranks_back == absl::InfinitePast()) i.ranks_back = now_closed.ranks_back;
+        if (i.restored == absl::InfinitePast()) {
+          i.restored = now_closed.restored;
+          i.restored_step = now_closed.restored_step;
+        }
+        i.first_new_step = clock_->Now();
+      }
       state_ = JobState::kRunning;
     }
   } else if (state_ == JobState::kRecovering && open == nullptr) {
@@ -136,16 +148,14 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
 }
 
 void JobMonitor::OnStreamBroken(int rank, int64_t incarnation) {
-  OnRankFailed(rank, incarnation,
-               absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
+  OnRankFailed(
+      rank, incarnation,
+      absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
 }
 
 void JobMonitor::OnRankFailed(int rank, int64_t incarnation, std::string description) {
   if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
   if (state_ == JobState::kFailed || Terminal() || ranks_[rank].done) return;
-  // A second rank of the same incarnation failing while the restart is
-  // under way is part of the same incident.
-  if (state_ == JobState::kRestarting && OpenIncident(incidents_) != nullptr) return;
   Fail(IncidentKind::kRankExit, rank, std::move(description));
 }
 

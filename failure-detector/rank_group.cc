@@ -169,7 +169,10 @@ std::optional<RankExit> RankGroup::WaitExit(absl::Duration timeout) {
 
 void RankGroup::StopAll(absl::Duration grace) {
   for (Proc& p : procs_) {
-    if (p.alive) kill(-p.pid, SIGTERM);
+    if (!p.alive) continue;
+    kill(-p.pid, SIGTERM);
+    // A frozen (SIGSTOPped) rank acts on SIGTERM only once continued.
+    kill(-p.pid, SIGCONT);
   }
   const absl::Time deadline = absl::Now() + grace;
   while (running() > 0 && absl::Now() < deadline) {

@@ -749,8 +749,9 @@ absl::StatusOr<v1::RegisterJobResponse> CoordinatorStore::RegisterJob(
           "; a job's world size never changes: register a new job id (resharding "
           "happens when restoring)"));
     }
-    if (!req.scheduler().empty() && (req.scheduler() != existing->scheduler() ||
-                                     req.scheduler_job_id() != existing->scheduler_job_id())) {
+    if (!req.scheduler().empty() &&
+        (req.scheduler() != existing->scheduler() ||
+         req.scheduler_job_id() != existing->scheduler_job_id())) {
       // The job now runs under another launcher or scheduler job: the
       // detector must restart it through that one.
       existing->set_scheduler(req.scheduler());
@@ -823,7 +824,8 @@ absl::StatusOr<std::vector<v1::Incident>> CoordinatorStore::ListIncidents(
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     v1::Incident incident;
-    if (!incident.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+    if (!incident.ParseFromArray(it->value().data(),
+                                 static_cast<int>(it->value().size()))) {
       return absl::DataLossError(
           absl::StrCat("malformed incident record of job ", Quote(job_id)));
     }

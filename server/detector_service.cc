@@ -55,9 +55,10 @@ class HeartbeatStream final
     const v1::RankRef& ref = req_.rank();
     if (!started_) {
       if (ref.job_id().empty() || ref.rank() < 0 || ref.incarnation() < 0) {
-        FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                "the first heartbeat must name the job, a rank >= 0 and an "
-                                "incarnation >= 0"));
+        FinishOnce(
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "the first heartbeat must name the job, a rank >= 0 and an "
+                         "incarnation >= 0"));
         return;
       }
       job_ = ref.job_id();
@@ -221,9 +222,8 @@ class DetectorServiceImpl::LaunchStream final
     hello_done_ = true;
     v1::LauncherOrder order;
     order.mutable_start()->set_incarnation(*incarnation);
-    order.mutable_start()->set_reason(hello.running_incarnation() == *incarnation
-                                          ? "reconnected"
-                                          : "start");
+    order.mutable_start()->set_reason(
+        hello.running_incarnation() == *incarnation ? "reconnected" : "start");
     (void)Send(std::move(order));
     StartRead(&event_);
   }
@@ -317,8 +317,8 @@ DetectorServiceImpl::Heartbeat(grpc::CallbackServerContext*) {
   return s;
 }
 
-grpc::ServerBidiReactor<v1::LauncherEvent, v1::LauncherOrder>* DetectorServiceImpl::Launch(
-    grpc::CallbackServerContext*) {
+grpc::ServerBidiReactor<v1::LauncherEvent, v1::LauncherOrder>*
+DetectorServiceImpl::Launch(grpc::CallbackServerContext*) {
   auto* s = new LaunchStream(this);
   Add(s);
   return s;
@@ -345,9 +345,9 @@ absl::Status DetectorServiceImpl::SendToLauncher(const std::string& job_id,
   absl::MutexLock lock(&mu_);
   auto it = launchers_.find(job_id);
   if (it == launchers_.end()) {
-    return absl::UnavailableError(absl::StrCat(
-        "no snapback-launch is connected for job ", job_id,
-        "; the order is retried, and a launcher that reconnects gets it"));
+    return absl::UnavailableError(
+        absl::StrCat("no snapback-launch is connected for job ", job_id,
+                     "; the order is retried, and a launcher that reconnects gets it"));
   }
   return it->second->Send(std::move(order));
 }
@@ -409,9 +409,9 @@ grpc::ServerUnaryReactor* DetectorServiceImpl::ListIncidents(
   });
 }
 
-grpc::ServerUnaryReactor* DetectorServiceImpl::RestartJob(grpc::CallbackServerContext* ctx,
-                                                          const v1::RestartJobRequest* req,
-                                                          v1::JobHealth* resp) {
+grpc::ServerUnaryReactor* DetectorServiceImpl::RestartJob(
+    grpc::CallbackServerContext* ctx, const v1::RestartJobRequest* req,
+    v1::JobHealth* resp) {
   return Run(ctx, [this, req, resp] {
     absl::Status s = detector_->RequestRestart(req->job_id(), req->reason());
     if (!s.ok()) return s;

@@ -248,7 +248,8 @@ Flags ParseFlags(int argc, char** argv) {
     } else if (name == "save-budget") {
       flags.options.detector.monitor.save_budget = ParseDurationFlag(name, value, false);
     } else if (name == "restore-budget") {
-      flags.options.detector.monitor.restore_budget = ParseDurationFlag(name, value, false);
+      flags.options.detector.monitor.restore_budget =
+          ParseDurationFlag(name, value, false);
     } else if (name == "max-restarts") {
       int n = 0;
       if (!absl::SimpleAtoi(value, &n) || n < 0 || n > 1000) {

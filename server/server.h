@@ -37,11 +37,11 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "client/storage_client.h"
+#include "failure-detector/detector.h"
 #include "server/chunk_tier.h"
 #include "server/coordinator_service.h"
 #include "server/coordinator_store.h"
 #include "server/detector_service.h"
-#include "failure-detector/detector.h"
 #include "server/storage_service.h"
 #include "storage/chunk_store.h"
 

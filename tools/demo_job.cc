@@ -6,14 +6,19 @@
 // a restarted rank can prove that what it restored is bit-identical to what
 // an uninterrupted run had, and that its final state is too.
 //
-//   snapback-demo-job --steps 30 --save-every 5 [--mib 64]
-//                     [--kill-self-mid-save STEP]
-// Job, rank, world size, incarnation and endpoint come from SNAPBACK_*.
+//   snapback-demo-job --steps 30 --save-every 5 [--mib 64] [--step-ms 0]
+//                     [--kill-self-mid-save STEP] [--progress-dir DIR]
+// Job, rank, world size, incarnation and endpoint come from SNAPBACK_*
+// (snapback-launch sets them). --step-ms stands for the compute of a step;
+// --progress-dir makes each rank keep DIR/rank<R> up to date with
+// "PID INCARNATION STEP" (for a demo that picks a rank to kill or freeze);
+// --kill-self-mid-save acts in incarnation 1 only.
 //
 // Prints one line per event: "start", "restored STEP ok", "save STEP stall_ms
 // new_MB logical_MB durable_ms committed", "done STEP ok". Exits 0 when the
 // final state matches the uninterrupted run, 1 on any failure.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -104,6 +109,20 @@ struct Model {
   }
 };
 
+// Rewrites DIR/rank<R> with "PID INCARNATION STEP" (renamed into place, so
+// a reader never sees half a line).
+void WriteProgress(const std::string& dir, int rank, int64_t incarnation, int64_t step) {
+  if (dir.empty()) return;
+  const std::string path = absl::StrCat(dir, "/rank", rank);
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "%d %lld %lld\n", static_cast<int>(getpid()),
+               static_cast<long long>(incarnation), static_cast<long long>(step));
+  std::fclose(f);
+  std::rename(tmp.c_str(), path.c_str());
+}
+
 // The state an uninterrupted run has after `steps` steps.
 Model Reference(int rank, size_t floats, int64_t steps) {
   Model m(rank, floats);
@@ -114,10 +133,15 @@ Model Reference(int rank, size_t floats, int64_t steps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t steps = 30, save_every = 5, kill_at = -1;
+  int64_t steps = 30, save_every = 5, kill_at = -1, step_ms = 0;
   uint64_t mib = 64;
+  std::string progress_dir;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
+    if (a == "--progress-dir" && i + 1 < argc) {
+      progress_dir = argv[++i];
+      continue;
+    }
     int64_t v = 0;
     if (i + 1 >= argc || !absl::SimpleAtoi(argv[i + 1], &v)) Fail(a + " needs a number");
     ++i;
@@ -129,6 +153,8 @@ int main(int argc, char** argv) {
       mib = v;
     else if (a == "--kill-self-mid-save")
       kill_at = v;
+    else if (a == "--step-ms")
+      step_ms = v;
     else
       Fail("unknown flag " + a);
   }
@@ -140,6 +166,9 @@ int main(int argc, char** argv) {
   if (!ck.ok()) Fail(ck.status().ToString());
   const int rank =
       std::atoi(std::getenv("SNAPBACK_RANK") ? std::getenv("SNAPBACK_RANK") : "0");
+  const int64_t incarnation = std::atoll(
+      std::getenv("SNAPBACK_INCARNATION") ? std::getenv("SNAPBACK_INCARNATION") : "1");
+  if (incarnation != 1) kill_at = -1;
 
   Model model(rank, floats);
   int64_t start = 0;
@@ -168,8 +197,13 @@ int main(int argc, char** argv) {
   }
 
   snapback::SaveHandle last;
+  (*ck)->ReportStep(start);
+  WriteProgress(progress_dir, rank, incarnation, start);
   for (int64_t step = start + 1; step <= steps; ++step) {
     model.Step(rank, step);
+    if (step_ms > 0) absl::SleepFor(absl::Milliseconds(step_ms));  // the step's compute
+    (*ck)->ReportStep(step);
+    WriteProgress(progress_dir, rank, incarnation, step);
     if (step % save_every != 0) continue;
     // The previous save must be durable before the next (max_inflight 1);
     // its figures are reported now.

@@ -75,9 +75,17 @@ struct CheckpointerOptions {
   // Default: $SNAPBACK_WORLD_SIZE, else 1
   int world_size = 0;
   // Incarnation of this run of the job: every restart must use a larger one
-  // (snapback-launch sets it). Saves of an older incarnation are rejected.
-  // Default: $SNAPBACK_INCARNATION, else 1
+  // (snapback-launch sets it; under Slurm the failure detector raises it
+  // before it requeues the job). Saves of an older incarnation are rejected.
+  // Default: $SNAPBACK_INCARNATION, else the job's incarnation at the
+  // coordinator (at least 1)
   int64_t incarnation = -1;
+  // How often the rank tells the coordinator's failure detector it is alive
+  // (with its step and phase). A process that dies is noticed at once (its
+  // stream breaks); one that freezes after a few missed intervals. Zero
+  // turns the heartbeat off (the job is then not watched).
+  // Default: $SNAPBACK_HEARTBEAT_MS, else 1 s
+  absl::Duration heartbeat_interval = absl::Milliseconds(-1);
   // Bytes per chunk: the unit of dedup, upload and verification.
   // Default: 4 MiB
   uint64_t chunk_bytes = 4ull << 20;

@@ -1,0 +1,103 @@
+#include "client/heartbeat.h"
+
+#include <cstdio>
+#include <utility>
+
+namespace snapback::internal_client {
+
+Heartbeater::Heartbeater(std::shared_ptr<grpc::Channel> channel, HeartbeatOptions options)
+    : options_(std::move(options)), stub_(v1::DetectorService::NewStub(channel)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Heartbeater::~Heartbeater() { Stop(); }
+
+void Heartbeater::SetPhase(v1::RankPhase phase, int64_t step) {
+  if (step >= 0) step_.store(step);
+  phase_.store(phase);
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+v1::HeartbeatRequest Heartbeater::Beat(v1::RankPhase phase) const {
+  v1::HeartbeatRequest req;
+  req.mutable_rank()->set_job_id(options_.job_id);
+  req.mutable_rank()->set_rank(options_.rank);
+  req.mutable_rank()->set_incarnation(options_.incarnation);
+  req.set_step(step_.load());
+  req.set_phase(phase);
+  req.set_sent_unix_ms(absl::ToUnixMillis(absl::Now()));
+  return req;
+}
+
+void Heartbeater::Loop() {
+  for (;;) {
+    grpc::ClientContext ctx;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) break;
+      ctx_ = &ctx;
+    }
+    auto stream = stub_->Heartbeat(&ctx);
+    bool ok = true;
+    bool stopping = false;
+    while (ok) {
+      ok = stream->Write(Beat(static_cast<v1::RankPhase>(phase_.load())));
+      if (!ok) break;
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stop_; };
+      mu_.AwaitWithTimeout(absl::Condition(&ready), options_.interval);
+      wake_ = false;
+      if (stop_) {
+        stopping = true;
+        break;
+      }
+    }
+    if (stopping && ok) {
+      // Goodbye: the detector stops watching this rank instead of seeing a
+      // death when the stream ends.
+      (void)stream->Write(Beat(v1::DONE));
+      (void)stream->WritesDone();
+    }
+    v1::HeartbeatResponse resp;
+    while (stream->Read(&resp)) {
+      if (resp.fenced()) {
+        fenced_.store(true);
+        std::fprintf(stderr, "snapback: %s\n", resp.message().c_str());
+      }
+    }
+    const grpc::Status status = stream->Finish();
+    {
+      absl::MutexLock lock(&mu_);
+      ctx_ = nullptr;
+      if (stop_ || fenced_.load()) break;
+      if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
+          status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+        std::fprintf(stderr, "snapback: heartbeat refused, not retrying: %s\n",
+                     status.error_message().c_str());
+        break;
+      }
+      // Reconnect after a pause (the coordinator may be restarting).
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.interval);
+      if (stop_) break;
+    }
+  }
+  finished_.Notify();
+}
+
+void Heartbeater::Stop() {
+  absl::MutexLock stop_lock(&stop_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (!thread_.joinable()) return;
+  if (!finished_.WaitForNotificationWithTimeout(options_.stop_timeout)) {
+    // A coordinator that does not answer must not hold up Close().
+    absl::MutexLock lock(&mu_);
+    if (ctx_ != nullptr) ctx_->TryCancel();
+  }
+  thread_.join();
+}
+
+}  // namespace snapback::internal_client

@@ -1,0 +1,84 @@
+// Heartbeater: the rank's heartbeat stream to the coordinator's failure
+// detector (proto/snapback/v1/detector.proto). Internal to the client
+// library; one per Checkpointer.
+//
+// A thread keeps one Heartbeat stream open and sends {job, rank,
+// incarnation, step, phase, time} every interval, and at once when the phase
+// changes. When the stream fails (the coordinator restarted, the network
+// blinked) it reconnects with the interval as backoff. Stop() sends a final
+// DONE beat and half-closes, so the detector knows the rank finished rather
+// than died; a process that dies without Stop() breaks the stream, which is
+// how the detector learns of a crash at once.
+//
+// When the coordinator answers that this rank is fenced (a newer incarnation
+// of the job runs), the heartbeat stops and fenced() turns true; the rank's
+// checkpoint calls fail with FAILED_PRECONDITION too.
+//
+// Thread-safe.
+#ifndef SNAPBACK_CLIENT_HEARTBEAT_H_
+#define SNAPBACK_CLIENT_HEARTBEAT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "snapback/v1/detector.grpc.pb.h"
+
+namespace snapback::internal_client {
+
+struct HeartbeatOptions {
+  std::string job_id;
+  int rank = 0;
+  int64_t incarnation = 0;
+  // Default: 1 s
+  absl::Duration interval = absl::Seconds(1);
+  // How long Stop() waits for the goodbye before it cancels the stream.
+  // Default: 2 s
+  absl::Duration stop_timeout = absl::Seconds(2);
+};
+
+class Heartbeater {
+ public:
+  Heartbeater(std::shared_ptr<grpc::Channel> channel, HeartbeatOptions options);
+  ~Heartbeater();  // Stop()
+  Heartbeater(const Heartbeater&) = delete;
+  Heartbeater& operator=(const Heartbeater&) = delete;
+
+  // The training step (sent with the next periodic beat).
+  void SetStep(int64_t step) { step_.store(step); }
+  // The phase (sent at once). `step` >= 0 also sets the step.
+  void SetPhase(v1::RankPhase phase, int64_t step = -1);
+  // Says goodbye (phase DONE) and ends the stream. Idempotent.
+  void Stop();
+  bool fenced() const { return fenced_.load(); }
+
+ private:
+  void Loop();
+  v1::HeartbeatRequest Beat(v1::RankPhase phase) const;
+
+  const HeartbeatOptions options_;
+  std::unique_ptr<v1::DetectorService::Stub> stub_;
+  std::atomic<int64_t> step_{-1};
+  std::atomic<int> phase_{v1::TRAINING};
+  std::atomic<bool> fenced_{false};
+
+  absl::Mutex stop_mu_;  // one Stop() at a time
+  absl::Mutex mu_;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live stream's
+  absl::Notification finished_;
+  std::thread thread_;
+};
+
+}  // namespace snapback::internal_client
+
+#endif  // SNAPBACK_CLIENT_HEARTBEAT_H_
