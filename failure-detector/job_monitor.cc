@@ -91,8 +91,9 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
   r.last_beat_wall = clock_->Now();
   if (!r.seen || beat.phase != r.phase) r.phase_since = now;
   if (!r.seen || beat.step != r.step) {
-    if (r.seen && beat.step > r.step && r.phase == Phase::kTraining &&
-        beat.phase == Phase::kTraining) {
+    // Time per step over whatever happened in between, saves included (a
+    // save is part of the loop's rhythm); not from "no step yet" (-1).
+    if (r.seen && r.step >= 0 && beat.step > r.step) {
       step_times_.push_back(absl::ToDoubleSeconds(now - r.step_since) /
                             (beat.step - r.step));
       if (step_times_.size() > kStepTimeSamples) step_times_.erase(step_times_.begin());
@@ -148,9 +149,18 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
 }
 
 void JobMonitor::OnStreamBroken(int rank, int64_t incarnation) {
-  OnRankFailed(
-      rank, incarnation,
-      absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
+  if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
+  if (options_.stream_break_grace <= absl::ZeroDuration()) {
+    OnRankFailed(rank, incarnation,
+                 absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
+    return;
+  }
+  // Decided by Tick() after the grace, unless the launcher's report of the
+  // exit (with its exit code) arrives first.
+  if (ranks_[rank].broken_at == absl::InfiniteDuration()) {
+    ranks_[rank].broken_at = clock_->Monotonic();
+    ranks_[rank].broken_wall = clock_->Now();
+  }
 }
 
 void JobMonitor::OnRankFailed(int rank, int64_t incarnation, std::string description) {
@@ -178,8 +188,8 @@ void JobMonitor::OnFatal(int rank, int64_t incarnation, std::string description)
   state_ = JobState::kGaveUp;
   pending_restart_ = false;
   pending_give_up_ = true;
-  give_up_reason_ = absl::StrCat(description, "; the exit code says not to restart (",
-                                 "fix the cause, then start the job again)");
+  give_up_reason_ = absl::StrCat(description,
+                                 "; not restarted: fix the cause, then start the job again");
 }
 
 void JobMonitor::OnSchedulerError(std::string error) {
@@ -233,7 +243,15 @@ void JobMonitor::Fail(IncidentKind kind, int rank, std::string reason) {
   incident.last_step = max_step_;
   incident.detected = clock_->Now();
   incident.last_healthy = incident.detected;
-  if (rank >= 0 && ranks_[rank].seen) incident.last_healthy = ranks_[rank].last_beat_wall;
+  if (kind == IncidentKind::kRankExit && rank >= 0) {
+    // A process exit is known to the moment: its stream broke (or the
+    // launcher reported it, now).
+    if (ranks_[rank].broken_wall != absl::InfinitePast()) {
+      incident.last_healthy = ranks_[rank].broken_wall;
+    }
+  } else if (rank >= 0 && ranks_[rank].seen) {
+    incident.last_healthy = ranks_[rank].last_beat_wall;
+  }
   if (kind == IncidentKind::kHang && rank >= 0) {
     // Healthy until its step last advanced.
     incident.last_healthy =
@@ -256,7 +274,14 @@ JobMonitor::Action JobMonitor::Tick() {
     bool suspect = false;
     for (int i = 0; i < options_.world_size && state_ != JobState::kFailed; ++i) {
       const RankState& r = ranks_[i];
-      if (!r.seen || r.done) continue;
+      if (r.done) continue;
+      if (r.broken_at != absl::InfiniteDuration() &&
+          now - r.broken_at >= options_.stream_break_grace) {
+        Fail(IncidentKind::kRankExit, i,
+             absl::StrCat("rank ", i, "'s heartbeat stream broke (the process died)"));
+        break;
+      }
+      if (!r.seen) continue;
       const double phi = r.phi.Phi(now);
       if (phi >= options_.fail_phi) {
         Fail(IncidentKind::kHeartbeatLoss, i,
@@ -314,7 +339,11 @@ absl::Duration JobMonitor::NextDeadline() const {
   }
   if (Terminal() || state_ == JobState::kRestarting) return next;
   for (const RankState& r : ranks_) {
-    if (!r.seen || r.done) continue;
+    if (r.done) continue;
+    if (r.broken_at != absl::InfiniteDuration()) {
+      next = std::min(next, r.broken_at + options_.stream_break_grace);
+    }
+    if (!r.seen) continue;
     next = std::min(next, r.phi.WhenPhiReaches(options_.suspect_phi));
     next = std::min(next, r.phi.WhenPhiReaches(options_.fail_phi));
     switch (r.phase) {

@@ -115,6 +115,12 @@ struct MonitorOptions {
   absl::Duration save_budget = absl::Minutes(10);
   // Default: 10 min
   absl::Duration restore_budget = absl::Minutes(10);
+  // A broken heartbeat stream fails the job this long after it broke,
+  // unless the launcher reports the rank's exit first (its exit code says
+  // whether to restart at all: a "do not restart" exit must not be
+  // restarted because the stream broke a few ms earlier).
+  // Default: 250 ms
+  absl::Duration stream_break_grace = absl::Milliseconds(250);
   // Restarts allowed without a newly committed step before giving up.
   // Default: 3
   int max_restarts_without_progress = 3;
@@ -185,6 +191,9 @@ class JobMonitor {
     absl::Duration step_since = absl::ZeroDuration();   // monotonic: step last advanced
     absl::Duration phase_since = absl::ZeroDuration();  // monotonic: phase last changed
     absl::Time last_beat_wall = absl::InfinitePast();
+    // Monotonic time the heartbeat stream broke (InfiniteDuration: it did not).
+    absl::Duration broken_at = absl::InfiniteDuration();
+    absl::Time broken_wall = absl::InfinitePast();
   };
 
   void Fail(IncidentKind kind, int rank, std::string reason);

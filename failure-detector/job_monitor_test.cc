@@ -28,8 +28,11 @@ TEST_F(JobMonitorTest, BrokenStreamFailsAtOnceAndTheIncidentTracksTheRecovery) {
   for (int step = 1; step <= 30; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
   m.OnCommitted(20);
   m.OnStreamBroken(2, 1);
-  EXPECT_EQ(m.state(), JobState::kFailed);
+  // The launcher gets stream_break_grace to report the exit code first.
+  EXPECT_EQ(m.Tick().type, JobMonitor::Action::kNone);
+  clock_.Advance(absl::Milliseconds(250));
   JobMonitor::Action a = m.Tick();
+  EXPECT_EQ(m.state(), JobState::kFailed);
   ASSERT_EQ(a.type, JobMonitor::Action::kRestart);
   EXPECT_NE(a.reason.find("rank 2"), std::string::npos) << a.reason;
   ASSERT_EQ(m.incidents().size(), 1u);
@@ -127,6 +130,7 @@ TEST_F(JobMonitorTest, ZombiesOfAnOldIncarnationAreIgnored) {
   JobMonitor m = Make();
   for (int step = 1; step <= 10; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
   m.OnStreamBroken(0, 1);
+  clock_.Advance(absl::Milliseconds(250));
   ASSERT_EQ(m.Tick().type, JobMonitor::Action::kRestart);
   m.OnRestartRequested(2);
   // The old incarnation's ranks still talk, and break.
@@ -137,6 +141,56 @@ TEST_F(JobMonitorTest, ZombiesOfAnOldIncarnationAreIgnored) {
   EXPECT_EQ(m.state(), JobState::kRecovering);
 }
 
+TEST_F(JobMonitorTest, TheLaunchersExitReportWinsOverTheBrokenStream) {
+  JobMonitor m = Make();
+  for (int step = 1; step <= 10; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
+  // Rank 1 exits 0 without a goodbye, rank 2 exits 78: the streams break
+  // first, the launcher's reports follow within the grace.
+  m.OnStreamBroken(1, 1);
+  m.OnStreamBroken(2, 1);
+  clock_.Advance(absl::Milliseconds(20));
+  m.OnRankDone(1, 1);
+  m.OnFatal(2, 1, "rank 2 exited with code 78");
+  JobMonitor::Action a = m.Tick();
+  EXPECT_EQ(a.type, JobMonitor::Action::kGiveUp);
+  EXPECT_EQ(m.state(), JobState::kGaveUp);
+  ASSERT_EQ(m.incidents().size(), 1u);
+  EXPECT_EQ(m.incidents()[0].rank, 2);
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(m.Tick().type, JobMonitor::Action::kNone);
+}
+
+TEST_F(JobMonitorTest, EveryRankDoneFinishesTheJob) {
+  JobMonitor m = Make();
+  for (int step = 1; step <= 3; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
+  for (int r = 0; r < 4; ++r) m.OnRankDone(r, 1);
+  EXPECT_EQ(m.state(), JobState::kFinished);
+  clock_.Advance(absl::Minutes(5));  // silence after the end is no failure
+  EXPECT_EQ(m.Tick().type, JobMonitor::Action::kNone);
+  EXPECT_TRUE(m.incidents().empty());
+}
+
+TEST_F(JobMonitorTest, AFailureDuringRecoveryClosesBothIncidentsAtTheRealRecovery) {
+  JobMonitor m = Make();
+  for (int step = 1; step <= 10; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
+  m.OnRankFailed(0, 1, "rank 0 killed by SIGKILL");
+  ASSERT_EQ(m.Tick().type, JobMonitor::Action::kRestart);
+  m.OnRestartRequested(2);
+  Beat(m, {0, 1, 2, 3}, 2, -1, Phase::kRestoring);
+  m.OnRankFailed(3, 2, "rank 3 killed by SIGKILL while restoring");
+  ASSERT_EQ(m.Tick().type, JobMonitor::Action::kRestart);
+  m.OnRestartRequested(3);
+  Beat(m, {0, 1, 2, 3}, 3, 5, Phase::kTraining);
+  Beat(m, {0, 1, 2, 3}, 3, 6, Phase::kTraining);
+  ASSERT_EQ(m.incidents().size(), 2u);
+  EXPECT_EQ(m.state(), JobState::kRunning);
+  for (const Incident& i : m.incidents()) {
+    EXPECT_TRUE(i.closed());
+    EXPECT_EQ(i.restored_step, 5);
+  }
+  EXPECT_GT(m.incidents()[0].mttr(), m.incidents()[1].mttr());
+}
+
 TEST_F(JobMonitorTest, RestartLoopWithoutProgressGivesUp) {
   MonitorOptions o;
   o.max_restarts_without_progress = 2;
@@ -145,6 +199,7 @@ TEST_F(JobMonitorTest, RestartLoopWithoutProgressGivesUp) {
   auto crash_and_restart = [&]() {
     Beat(m, {0, 1, 2, 3}, inc, 5);
     m.OnStreamBroken(0, inc);
+    clock_.Advance(absl::Milliseconds(250));
     return m.Tick();
   };
   ASSERT_EQ(crash_and_restart().type, JobMonitor::Action::kRestart);

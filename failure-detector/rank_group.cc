@@ -78,7 +78,13 @@ absl::Status RankGroup::Start(int64_t incarnation) {
     std::vector<std::string> env_strings;
     for (char** e = environ; *e != nullptr; ++e) {
       absl::string_view kv(*e);
-      if (kv.substr(0, 9) == "SNAPBACK_") continue;  // ours are set below
+      const absl::string_view key = kv.substr(0, kv.find('='));
+      // Ours are set below; other SNAPBACK_* settings pass through.
+      if (key == "SNAPBACK_JOB" || key == "SNAPBACK_RANK" || key == "SNAPBACK_WORLD_SIZE" ||
+          key == "SNAPBACK_INCARNATION" || key == "SNAPBACK_ENDPOINT" ||
+          spec_.env.contains(std::string(key))) {
+        continue;
+      }
       env_strings.emplace_back(kv);
     }
     for (const auto& [k, v] : spec_.env) env_strings.push_back(absl::StrCat(k, "=", v));

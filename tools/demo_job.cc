@@ -14,6 +14,16 @@
 // "PID INCARNATION STEP" (for a demo that picks a rank to kill or freeze);
 // --kill-self-mid-save acts in incarnation 1 only.
 //
+// Fault injection for the failure-detector tests, from the environment:
+//   SNAPBACK_DEMO_FAULTS="INC:RANK:WHAT:N[,...]"  in incarnation INC, rank RANK:
+//     train    SIGKILLs itself at the N-th step it runs
+//     save     SIGKILLs itself right after its N-th Save() returned (mid-upload)
+//     restore  SIGKILLs itself N ms into its restore (at once when there is
+//              nothing to restore)
+//     hang     stops advancing at the N-th step (heartbeats go on: a hung
+//              collective)
+//     exit78   exits with 78 ("do not restart") at the N-th step
+//
 // Prints one line per event: "start", "restored STEP ok", "save STEP stall_ms
 // new_MB logical_MB durable_ms committed", "done STEP ok". Exits 0 when the
 // final state matches the uninterrupted run, 1 on any failure.
@@ -24,11 +34,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "snapback/client.h"
 
@@ -123,6 +136,27 @@ void WriteProgress(const std::string& dir, int rank, int64_t incarnation, int64_
   std::rename(tmp.c_str(), path.c_str());
 }
 
+struct Fault {
+  std::string what;
+  int64_t n = 0;
+};
+
+// This rank's fault in this incarnation, from SNAPBACK_DEMO_FAULTS.
+std::optional<Fault> MyFault(int rank, int64_t incarnation) {
+  const char* env = std::getenv("SNAPBACK_DEMO_FAULTS");
+  if (env == nullptr) return std::nullopt;
+  for (absl::string_view spec : absl::StrSplit(env, ',', absl::SkipEmpty())) {
+    std::vector<std::string> f = absl::StrSplit(spec, ':');
+    int64_t inc = 0, r = 0, n = 0;
+    if (f.size() != 4 || !absl::SimpleAtoi(f[0], &inc) || !absl::SimpleAtoi(f[1], &r) ||
+        !absl::SimpleAtoi(f[3], &n)) {
+      Fail(absl::StrCat("bad SNAPBACK_DEMO_FAULTS entry '", spec, "': use INC:RANK:WHAT:N"));
+    }
+    if (inc == incarnation && r == rank) return Fault{f[2], n};
+  }
+  return std::nullopt;
+}
+
 // The state an uninterrupted run has after `steps` steps.
 Model Reference(int rank, size_t floats, int64_t steps) {
   Model m(rank, floats);
@@ -169,6 +203,8 @@ int main(int argc, char** argv) {
   const int64_t incarnation = std::atoll(
       std::getenv("SNAPBACK_INCARNATION") ? std::getenv("SNAPBACK_INCARNATION") : "1");
   if (incarnation != 1) kill_at = -1;
+  const std::optional<Fault> fault = MyFault(rank, incarnation);
+  auto fault_is = [&](const char* what) { return fault.has_value() && fault->what == what; };
 
   Model model(rank, floats);
   int64_t start = 0;
@@ -183,6 +219,13 @@ int main(int argc, char** argv) {
                          .shape = {static_cast<int64_t>(floats)},
                          .data = model.layers[l].data()});
     }
+    if (fault_is("restore")) {
+      // Dies partway into the restore, whatever the restore is doing then.
+      std::thread([ms = fault->n] {
+        absl::SleepFor(absl::Milliseconds(ms));
+        raise(SIGKILL);
+      }).detach();
+    }
     auto r = (*ck)->RestoreInto(targets, **latest);
     if (!r.ok()) Fail(r.status().ToString());
     start = r->step;
@@ -192,6 +235,8 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     if (!exact) Fail("restored state differs from the uninterrupted run");
   } else {
+    // Nothing to restore: a restore fault strikes where the restore would be.
+    if (fault_is("restore")) raise(SIGKILL);
     std::printf("start\n");
     std::fflush(stdout);
   }
@@ -199,7 +244,23 @@ int main(int argc, char** argv) {
   snapback::SaveHandle last;
   (*ck)->ReportStep(start);
   WriteProgress(progress_dir, rank, incarnation, start);
+  int64_t steps_run = 0, saves_run = 0;
   for (int64_t step = start + 1; step <= steps; ++step) {
+    ++steps_run;
+    if (fault.has_value() && steps_run == fault->n) {
+      if (fault->what == "train") raise(SIGKILL);
+      if (fault->what == "exit78") {
+        std::printf("exiting with 78 (do not restart) at step %lld\n",
+                    static_cast<long long>(step));
+        std::fflush(stdout);
+        std::exit(78);
+      }
+      if (fault->what == "hang") {
+        std::printf("hanging at step %lld\n", static_cast<long long>(step));
+        std::fflush(stdout);
+        for (;;) absl::SleepFor(absl::Hours(1));  // a collective that never returns
+      }
+    }
     model.Step(rank, step);
     if (step_ms > 0) absl::SleepFor(absl::Milliseconds(step_ms));  // the step's compute
     (*ck)->ReportStep(step);
@@ -209,6 +270,7 @@ int main(int argc, char** argv) {
     // its figures are reported now.
     auto h = (*ck)->Save(step, model.Views());
     if (!h.ok()) Fail(h.status().ToString());
+    if (fault_is("save") && ++saves_run == fault->n) raise(SIGKILL);
     if (step == kill_at) {
       // The snapshot is taken, the upload is under way: die the hard way.
       std::printf("killing myself mid-save at step %lld\n", static_cast<long long>(step));
