@@ -314,6 +314,7 @@ class CheckpointerImpl final : public Checkpointer {
                                             std::optional<int64_t> step) override;
   absl::StatusOr<RestoreResult> RestoreImpl(absl::Span<const MutableTensorView> targets,
                                             std::optional<int64_t> step);
+  int64_t incarnation() const override { return options_.incarnation; }
   void ReportStep(int64_t step) override {
     if (heartbeat_ != nullptr) heartbeat_->SetStep(step);
   }

@@ -151,8 +151,9 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
 void JobMonitor::OnStreamBroken(int rank, int64_t incarnation) {
   if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
   if (options_.stream_break_grace <= absl::ZeroDuration()) {
-    OnRankFailed(rank, incarnation,
-                 absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
+    OnRankFailed(
+        rank, incarnation,
+        absl::StrCat("rank ", rank, "'s heartbeat stream broke (the process died)"));
     return;
   }
   // Decided by Tick() after the grace, unless the launcher's report of the
@@ -188,8 +189,8 @@ void JobMonitor::OnFatal(int rank, int64_t incarnation, std::string description)
   state_ = JobState::kGaveUp;
   pending_restart_ = false;
   pending_give_up_ = true;
-  give_up_reason_ = absl::StrCat(description,
-                                 "; not restarted: fix the cause, then start the job again");
+  give_up_reason_ = absl::StrCat(
+      description, "; not restarted: fix the cause, then start the job again");
 }
 
 void JobMonitor::OnSchedulerError(std::string error) {

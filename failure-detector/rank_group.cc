@@ -80,9 +80,9 @@ absl::Status RankGroup::Start(int64_t incarnation) {
       absl::string_view kv(*e);
       const absl::string_view key = kv.substr(0, kv.find('='));
       // Ours are set below; other SNAPBACK_* settings pass through.
-      if (key == "SNAPBACK_JOB" || key == "SNAPBACK_RANK" || key == "SNAPBACK_WORLD_SIZE" ||
-          key == "SNAPBACK_INCARNATION" || key == "SNAPBACK_ENDPOINT" ||
-          spec_.env.contains(std::string(key))) {
+      if (key == "SNAPBACK_JOB" || key == "SNAPBACK_RANK" ||
+          key == "SNAPBACK_WORLD_SIZE" || key == "SNAPBACK_INCARNATION" ||
+          key == "SNAPBACK_ENDPOINT" || spec_.env.contains(std::string(key))) {
         continue;
       }
       env_strings.emplace_back(kv);

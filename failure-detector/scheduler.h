@@ -40,11 +40,11 @@ struct JobBinding {
 };
 
 enum class SchedulerJobState {
-  kUnknown,    // the scheduler does not know the job (or could not say)
-  kPending,    // queued / requeued, not running yet
+  kUnknown,  // the scheduler does not know the job (or could not say)
+  kPending,  // queued / requeued, not running yet
   kRunning,
-  kFinished,   // ended successfully
-  kFailed,     // ended with a failure and will not run again by itself
+  kFinished,  // ended successfully
+  kFailed,    // ended with a failure and will not run again by itself
   kCancelled,
 };
 

@@ -21,6 +21,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/malloc_tuning.h"
+#include "failure-detector/exec_adapter.h"
+#include "failure-detector/slurm_adapter.h"
 #include "server/server.h"
 #include "storage/file_system.h"
 
@@ -36,7 +38,9 @@ constexpr char kUsage[] =
     "         [--index-recovery strict|drop-torn-tail] [--checkpoint-lease DURATION]\n"
     "         [--gc-grace DURATION] [--gc-interval DURATION] [--keep-last N]\n"
     "         [--hang-factor X] [--hang-floor D] [--fail-phi X] [--save-budget D]\n"
-    "         [--restore-budget D] [--max-restarts N] [--ready-file PATH]\n"
+    "         [--restore-budget D] [--max-restarts N] [--slurm]\n"
+    "         [--exec-restart-command CMD] [--exec-cancel-command CMD]\n"
+    "         [--exec-status-command CMD] [--ready-file PATH]\n"
     "\n"
     "  --data-dir DIR         chunks (segments/, index/) and coordinator metadata\n"
     "                         (meta/) live here (required; created if missing)\n"
@@ -74,6 +78,14 @@ constexpr char kUsage[] =
     "  --restore-budget D     longest a rank may spend restoring (default 10m)\n"
     "  --max-restarts N       restarts without a newly committed checkpoint before the\n"
     "                         detector gives up on a job (default 3)\n"
+    "  --slurm                restart jobs that run under Slurm (registered with\n"
+    "                         SLURM_JOB_ID) with scontrol requeue; submit them with\n"
+    "                         sbatch --requeue (scontrol/scancel from PATH, SLURM_CONF\n"
+    "                         from the environment)\n"
+    "  --exec-restart-command CMD  the exec scheduler: shell commands run for jobs\n"
+    "  --exec-cancel-command CMD   registered with scheduler \"exec\"; {job},\n"
+    "  --exec-status-command CMD   {scheduler_job_id}, {incarnation}, {world_size} and\n"
+    "                              {reason} are replaced (shell-quoted)\n"
     "  --ready-file PATH      write the bound port to PATH once serving\n"
     "\n"
     "Durations are like 90s, 30m, 1h30m.\n";
@@ -101,6 +113,8 @@ absl::Duration ParseDurationFlag(const std::string& name, const std::string& val
 
 struct Flags {
   snapback::server::ServerOptions options;
+  bool slurm = false;
+  snapback::detector::ExecAdapterOptions exec;
   std::string io = "auto";
   std::string ready_file;
 };
@@ -124,6 +138,10 @@ Flags ParseFlags(int argc, char** argv) {
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
       has_value = true;
+    }
+    if (name == "slurm") {
+      flags.slurm = true;
+      continue;
     }
     if (name == "allow-insecure-remote") {
       if (has_value && value != "true" && value != "false") {
@@ -156,6 +174,9 @@ Flags ParseFlags(int argc, char** argv) {
                                                   "save-budget",
                                                   "restore-budget",
                                                   "max-restarts",
+                                                  "exec-restart-command",
+                                                  "exec-cancel-command",
+                                                  "exec-status-command",
                                                   "ready-file"};
     if (std::find(std::begin(kValueFlags), std::end(kValueFlags), name) ==
         std::end(kValueFlags)) {
@@ -256,6 +277,12 @@ Flags ParseFlags(int argc, char** argv) {
         BadFlag(absl::StrCat("--max-restarts '", value, "' must be a count in 0..1000"));
       }
       flags.options.detector.monitor.max_restarts_without_progress = n;
+    } else if (name == "exec-restart-command") {
+      flags.exec.restart_command = value;
+    } else if (name == "exec-cancel-command") {
+      flags.exec.cancel_command = value;
+    } else if (name == "exec-status-command") {
+      flags.exec.status_command = value;
     } else if (name == "ready-file") {
       flags.ready_file = value;
     } else {
@@ -274,6 +301,15 @@ Flags ParseFlags(int argc, char** argv) {
     BadFlag("--storage-endpoints is only for --role=coordinator");
   }
   flags.options.coordinator.recovery = flags.options.store.index_recovery;
+  if (flags.slurm) {
+    flags.options.scheduler_adapters.push_back(
+        std::make_shared<snapback::detector::SlurmAdapter>());
+  }
+  if (!flags.exec.restart_command.empty() || !flags.exec.cancel_command.empty() ||
+      !flags.exec.status_command.empty()) {
+    flags.options.scheduler_adapters.push_back(
+        std::make_shared<snapback::detector::ExecAdapter>(flags.exec));
+  }
   return flags;
 }
 

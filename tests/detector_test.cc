@@ -7,8 +7,8 @@
 #include <signal.h>
 #include <sys/types.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -211,9 +211,10 @@ TEST_F(DetectorTest, KilledRankIsDetectedWithinOneSecondAndTheJobResumesBitExact
   EXPECT_EQ(i.incarnation(), 1);
   EXPECT_EQ(i.new_incarnation(), 2);
   const int64_t mttd_ms = i.detected_unix_ms() - absl::ToUnixMillis(killed);
-  std::printf("SIGKILL -> detected in %lld ms, -> first new step in %lld ms\n",
-              static_cast<long long>(mttd_ms),
-              static_cast<long long>(i.first_new_step_unix_ms() - absl::ToUnixMillis(killed)));
+  std::printf(
+      "SIGKILL -> detected in %lld ms, -> first new step in %lld ms\n",
+      static_cast<long long>(mttd_ms),
+      static_cast<long long>(i.first_new_step_unix_ms() - absl::ToUnixMillis(killed)));
   EXPECT_LE(mttd_ms, 1000) << "target: a crash is detected within 1 s";
   EXPECT_GE(mttd_ms, 0);
   ExpectConsistent(i);
@@ -287,9 +288,8 @@ TEST_F(DetectorTest, DoNotRestartExitCancelsTheJob) {
   setenv("SNAPBACK_DEMO_FAULTS", "1:0:exit78:8", 1);
   auto launcher = Launch("config-error", 2, 400, 20);
   unsetenv("SNAPBACK_DEMO_FAULTS");
-  EXPECT_EQ(launcher->Wait(absl::Seconds(60)), 1)
-      << "1: cancelled by the coordinator\n"
-      << launcher->Output();
+  EXPECT_EQ(launcher->Wait(absl::Seconds(60)), 1) << "1: cancelled by the coordinator\n"
+                                                  << launcher->Output();
   const v1::JobHealth h = Health("config-error");
   EXPECT_EQ(h.state(), "GAVE_UP");
   EXPECT_NE(h.reason().find("exited with code 78"), std::string::npos) << h.reason();
@@ -325,7 +325,8 @@ TEST_F(DetectorTest, TwentyInjectedFailuresEndBitExactWithEveryIncidentLogged) {
   m.max_restarts_without_progress = 100;  // some kills land before any commit
   StartServer(m);
   const uint64_t seed = std::random_device{}();
-  std::printf("seed %llu (faults are drawn from it)\n", static_cast<unsigned long long>(seed));
+  std::printf("seed %llu (faults are drawn from it)\n",
+              static_cast<unsigned long long>(seed));
   std::mt19937_64 rng(seed);
   const char* kinds[] = {"train", "save", "restore"};
   std::vector<std::string> plan;
@@ -359,8 +360,9 @@ TEST_F(DetectorTest, TwentyInjectedFailuresEndBitExactWithEveryIncidentLogged) {
   }
   std::sort(mttr.begin(), mttr.end());
   if (!mttr.empty()) {
-    std::printf("MTTR (detected -> first new step) over %zu incidents: p50 %.2f s, max %.2f s\n",
-                mttr.size(), mttr[mttr.size() / 2], mttr.back());
+    std::printf(
+        "MTTR (detected -> first new step) over %zu incidents: p50 %.2f s, max %.2f s\n",
+        mttr.size(), mttr[mttr.size() / 2], mttr.back());
   }
 }
 

@@ -150,7 +150,8 @@ std::optional<Fault> MyFault(int rank, int64_t incarnation) {
     int64_t inc = 0, r = 0, n = 0;
     if (f.size() != 4 || !absl::SimpleAtoi(f[0], &inc) || !absl::SimpleAtoi(f[1], &r) ||
         !absl::SimpleAtoi(f[3], &n)) {
-      Fail(absl::StrCat("bad SNAPBACK_DEMO_FAULTS entry '", spec, "': use INC:RANK:WHAT:N"));
+      Fail(absl::StrCat("bad SNAPBACK_DEMO_FAULTS entry '", spec,
+                        "': use INC:RANK:WHAT:N"));
     }
     if (inc == incarnation && r == rank) return Fault{f[2], n};
   }
@@ -200,11 +201,13 @@ int main(int argc, char** argv) {
   if (!ck.ok()) Fail(ck.status().ToString());
   const int rank =
       std::atoi(std::getenv("SNAPBACK_RANK") ? std::getenv("SNAPBACK_RANK") : "0");
-  const int64_t incarnation = std::atoll(
-      std::getenv("SNAPBACK_INCARNATION") ? std::getenv("SNAPBACK_INCARNATION") : "1");
+  // From SNAPBACK_INCARNATION, or the coordinator's (a Slurm requeue).
+  const int64_t incarnation = (*ck)->incarnation();
   if (incarnation != 1) kill_at = -1;
   const std::optional<Fault> fault = MyFault(rank, incarnation);
-  auto fault_is = [&](const char* what) { return fault.has_value() && fault->what == what; };
+  auto fault_is = [&](const char* what) {
+    return fault.has_value() && fault->what == what;
+  };
 
   Model model(rank, floats);
   int64_t start = 0;

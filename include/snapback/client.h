@@ -233,6 +233,9 @@ class Checkpointer {
   // observed step time is reported as a hang. Save() and Restore() report
   // their own phases (saving / restoring) while they block the caller.
   virtual void ReportStep(int64_t step) = 0;
+  // The incarnation this checkpointer runs as (from the options, the
+  // environment, or the coordinator).
+  virtual int64_t incarnation() const = 0;
 
   // Flushes and stops the background threads. Later calls fail.
   virtual absl::Status Close() = 0;
