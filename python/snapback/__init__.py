@@ -110,9 +110,9 @@ def checkpointer_options(
       rank: this process's rank; None = $SNAPBACK_RANK, else 0.
       world_size: ranks of the job; None = $SNAPBACK_WORLD_SIZE, else 1.
       incarnation: run of the job (grows on every restart); None =
-        $SNAPBACK_INCARNATION, else 1.
+        $SNAPBACK_INCARNATION, else the job's current one at the coordinator.
       **options: any other CheckpointerOptions field (staging_bytes,
-        overlap, chunk_bytes, busy_policy, ...).
+        overlap, chunk_bytes, busy_policy, heartbeat_interval, ...).
 
     Returns:
       The options.

@@ -94,6 +94,7 @@ class CheckpointerOptions:
     rank: int
     world_size: int
     incarnation: int
+    heartbeat_interval: float  # seconds; 0 = off, negative = default
     chunk_bytes: int
     staging_bytes: int
     copy_threads: int

@@ -265,8 +265,10 @@ void RegisterCheckpointer(py::module_& m) {
 Every field and its default is documented in include/snapback/client.h:
 job_id [$SNAPBACK_JOB], rank [$SNAPBACK_RANK or 0; -1 = from the
 environment], world_size [$SNAPBACK_WORLD_SIZE or 1; 0 = from the
-environment], incarnation [$SNAPBACK_INCARNATION or 1; -1 = from the
-environment], chunk_bytes [4 MiB], staging_bytes [1 GiB; twice the checkpoint
+environment], incarnation [$SNAPBACK_INCARNATION, else the job's at the
+coordinator; -1 = that default], heartbeat_interval [seconds between
+heartbeats to the failure detector, 0 = off; $SNAPBACK_HEARTBEAT_MS, else 1;
+negative = that default], chunk_bytes [4 MiB], staging_bytes [1 GiB; twice the checkpoint
 for save() to block only for the copy], copy_threads [2], pipeline_threads [2],
 upload_streams [2], max_inflight [1], busy_policy ["wait" or "skip"; "wait"],
 overlap [False: save() returns after the copy; True: before it, and the
@@ -278,6 +280,14 @@ min_compress_saving [0.25], zstd_level [1], restore_threads [4].
       .def_readwrite("rank", &CheckpointerOptions::rank)
       .def_readwrite("world_size", &CheckpointerOptions::world_size)
       .def_readwrite("incarnation", &CheckpointerOptions::incarnation)
+      .def_property(
+          "heartbeat_interval",
+          [](const CheckpointerOptions& o) { return ToSeconds(o.heartbeat_interval); },
+          [](CheckpointerOptions& o, double seconds) {
+            // Negative: from $SNAPBACK_HEARTBEAT_MS, else 1 s (the C++ default).
+            o.heartbeat_interval =
+                seconds < 0 ? absl::Milliseconds(-1) : ToDuration(seconds);
+          })
       .def_readwrite("chunk_bytes", &CheckpointerOptions::chunk_bytes)
       .def_readwrite("staging_bytes", &CheckpointerOptions::staging_bytes)
       .def_readwrite("copy_threads", &CheckpointerOptions::copy_threads)
