@@ -23,7 +23,7 @@ class JobMonitorTest : public ::testing::Test {
   FakeClock clock_;
 };
 
-TEST_F(JobMonitorTest, BrokenStreamFailsAtOnceAndTheIncidentTracksTheRecovery) {
+TEST_F(JobMonitorTest, BrokenStreamFailsAfterTheGraceAndTheIncidentTracksTheRecovery) {
   JobMonitor m = Make();
   for (int step = 1; step <= 30; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
   m.OnCommitted(20);
