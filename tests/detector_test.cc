@@ -25,65 +25,15 @@
 #include "server/server.h"
 #include "snapback/client.h"
 #include "storage/test_util.h"
+#include "tests/job_harness.h"
 #include "tests/subprocess.h"
 
 namespace snapback {
 namespace {
 
+using ::snapback::testing::Launcher;
+using ::snapback::testing::Progress;
 using ::snapback::testing::Subprocess;
-
-struct Progress {
-  pid_t pid = -1;
-  int64_t incarnation = 0;
-  int64_t step = -1;
-};
-
-// snapback-launch as a child, its stdout (the launcher's and the ranks'
-// lines) drained by a thread so no rank ever blocks on a full pipe.
-class Launcher {
- public:
-  explicit Launcher(std::vector<std::string> argv) : proc_(std::move(argv)) {
-    reader_ = std::thread([this] {
-      while (std::optional<std::string> line = proc_.ReadLine(absl::Hours(1))) {
-        absl::MutexLock lock(&mu_);
-        lines_.push_back(*line);
-      }
-      absl::MutexLock lock(&mu_);
-      eof_ = true;
-    });
-  }
-  ~Launcher() {
-    proc_.Kill(SIGKILL);
-    reader_.join();
-  }
-  // Exit code once the launcher and its ranks closed stdout; -1 on timeout.
-  int Wait(absl::Duration timeout) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (!mu_.AwaitWithTimeout(absl::Condition(&eof_), timeout)) return -1;
-    }
-    return proc_.Wait(absl::Seconds(10));
-  }
-  std::vector<std::string> Lines(const std::string& prefix) {
-    absl::MutexLock lock(&mu_);
-    std::vector<std::string> out;
-    for (const std::string& l : lines_) {
-      if (l.rfind(prefix, 0) == 0) out.push_back(l);
-    }
-    return out;
-  }
-  std::string Output() {
-    absl::MutexLock lock(&mu_);
-    return absl::StrJoin(lines_, "\n");
-  }
-
- private:
-  Subprocess proc_;
-  std::thread reader_;
-  absl::Mutex mu_;
-  std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
-  bool eof_ ABSL_GUARDED_BY(mu_) = false;
-};
 
 class DetectorTest : public ::testing::Test {
  protected:
@@ -129,22 +79,12 @@ class DetectorTest : public ::testing::Test {
     return std::make_unique<Launcher>(argv);
   }
 
-  std::optional<Progress> ReadProgress(int rank) {
-    std::ifstream f(absl::StrCat(progress_, "/rank", rank));
-    Progress p;
-    if (!(f >> p.pid >> p.incarnation >> p.step)) return std::nullopt;
-    return p;
-  }
-
   // Polls the rank's progress file until it is at `step` or later in
   // incarnation `inc` (a condition with a deadline, not a fixed sleep).
   Progress WaitProgress(int rank, int64_t inc, int64_t step, absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      std::optional<Progress> p = ReadProgress(rank);
-      if (p.has_value() && p->incarnation == inc && p->step >= step) return *p;
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+    std::optional<Progress> p =
+        ::snapback::testing::WaitProgress(progress_, rank, inc, step, timeout);
+    if (p.has_value()) return *p;
     ADD_FAILURE() << "rank " << rank << " did not reach step " << step
                   << " of incarnation " << inc;
     return {};
