@@ -1,5 +1,6 @@
 #include "client/heartbeat.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -12,14 +13,21 @@ Heartbeater::Heartbeater(std::shared_ptr<grpc::Channel> channel, HeartbeatOption
 
 Heartbeater::~Heartbeater() { Stop(); }
 
-void Heartbeater::SetPhase(v1::RankPhase phase, int64_t step) {
-  if (step >= 0) step_.store(step);
-  phase_.store(phase);
+void Heartbeater::SetStep(int64_t step) {
+  if (step_.exchange(step) == step || !eager_step_.exchange(false)) return;
   absl::MutexLock lock(&mu_);
   wake_ = true;
 }
 
-v1::HeartbeatRequest Heartbeater::Beat(v1::RankPhase phase) const {
+void Heartbeater::SetPhase(v1::RankPhase phase, int64_t step) {
+  if (step >= 0) step_.store(step);
+  phase_.store(phase);
+  if (phase == v1::TRAINING) eager_step_.store(true);
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+v1::HeartbeatRequest Heartbeater::Beat(v1::RankPhase phase, bool unscheduled) const {
   v1::HeartbeatRequest req;
   req.mutable_rank()->set_job_id(options_.job_id);
   req.mutable_rank()->set_rank(options_.rank);
@@ -27,6 +35,7 @@ v1::HeartbeatRequest Heartbeater::Beat(v1::RankPhase phase) const {
   req.set_step(step_.load());
   req.set_phase(phase);
   req.set_sent_unix_ms(absl::ToUnixMillis(absl::Now()));
+  req.set_unscheduled(unscheduled);
   return req;
 }
 
@@ -41,12 +50,21 @@ void Heartbeater::Loop() {
     auto stream = stub_->Heartbeat(&ctx);
     bool ok = true;
     bool stopping = false;
+    // Scheduled beats keep their own clock: an early beat in between does
+    // not move the next one (the detector learns the rhythm from them).
+    absl::Time next = absl::Now();
     while (ok) {
-      ok = stream->Write(Beat(static_cast<v1::RankPhase>(phase_.load())));
+      const absl::Time now = absl::Now();
+      const bool scheduled = now >= next;
+      if (scheduled) {
+        next += options_.interval;
+        if (next <= now) next = now + options_.interval;  // fell behind: no burst
+      }
+      ok = stream->Write(Beat(static_cast<v1::RankPhase>(phase_.load()), !scheduled));
       if (!ok) break;
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stop_; };
-      mu_.AwaitWithTimeout(absl::Condition(&ready), options_.interval);
+      mu_.AwaitWithDeadline(absl::Condition(&ready), next);
       wake_ = false;
       if (stop_) {
         stopping = true;
@@ -56,7 +74,7 @@ void Heartbeater::Loop() {
     if (stopping && ok) {
       // Goodbye: the detector stops watching this rank instead of seeing a
       // death when the stream ends.
-      (void)stream->Write(Beat(v1::DONE));
+      (void)stream->Write(Beat(v1::DONE, true));
       (void)stream->WritesDone();
     }
     v1::HeartbeatResponse resp;

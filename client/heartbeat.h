@@ -52,8 +52,10 @@ class Heartbeater {
   Heartbeater(const Heartbeater&) = delete;
   Heartbeater& operator=(const Heartbeater&) = delete;
 
-  // The training step (sent with the next periodic beat).
-  void SetStep(int64_t step) { step_.store(step); }
+  // The training step: sent with the next periodic beat, or at once when it
+  // is the first step after a phase change (so the detector sees at once
+  // that training resumed after a restore, or goes on after a save).
+  void SetStep(int64_t step);
   // The phase (sent at once). `step` >= 0 also sets the step.
   void SetPhase(v1::RankPhase phase, int64_t step = -1);
   // Says goodbye (phase DONE) and ends the stream. Idempotent.
@@ -62,13 +64,14 @@ class Heartbeater {
 
  private:
   void Loop();
-  v1::HeartbeatRequest Beat(v1::RankPhase phase) const;
+  v1::HeartbeatRequest Beat(v1::RankPhase phase, bool unscheduled) const;
 
   const HeartbeatOptions options_;
   std::unique_ptr<v1::DetectorService::Stub> stub_;
   std::atomic<int64_t> step_{-1};
   std::atomic<int> phase_{v1::TRAINING};
   std::atomic<bool> fenced_{false};
+  std::atomic<bool> eager_step_{false};  // the next SetStep beats at once
 
   absl::Mutex stop_mu_;  // one Stop() at a time
   absl::Mutex mu_;

@@ -80,14 +80,22 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
   if (state_ == JobState::kGaveUp || beat.incarnation < incarnation_) return;  // a zombie
   if (beat.rank < 0 || beat.rank >= options_.world_size) return;
   if (beat.incarnation > incarnation_) {
-    // The scheduler restarted the job without going through us (e.g. the
-    // launcher saw an exit first): follow it.
-    OnRestartRequested(beat.incarnation);
+    if (OpenIncident(incidents_) == nullptr && state_ == JobState::kRunning &&
+        std::none_of(ranks_.begin(), ranks_.end(),
+                     [](const RankState& s) { return s.seen; })) {
+      // The first run of a job the coordinator knew at an older incarnation
+      // (e.g. registered, never beaten): adopt it, nothing was restarted.
+      incarnation_ = beat.incarnation;
+    } else {
+      // The scheduler restarted the job without going through us (e.g.
+      // Slurm requeued it on its own): follow it.
+      OnRestartRequested(beat.incarnation);
+    }
   }
   const absl::Duration now = clock_->Monotonic();
   RankState& r = ranks_[beat.rank];
   if (r.done) return;
-  r.phi.Heartbeat(now);
+  if (!beat.unscheduled || !r.seen) r.phi.Heartbeat(now);
   r.last_beat_wall = clock_->Now();
   if (!r.seen || beat.phase != r.phase) r.phase_since = now;
   if (!r.seen || beat.step != r.step) {

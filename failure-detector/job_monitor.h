@@ -61,6 +61,9 @@ struct Heartbeat {
   int64_t incarnation = 0;
   int64_t step = 0;
   Phase phase = Phase::kTraining;
+  // An early beat (phase change, first step after one): alive, but not part
+  // of the rhythm phi accrual learns.
+  bool unscheduled = false;
 };
 
 // One failure and its recovery. Times are wall clock; InfinitePast() means

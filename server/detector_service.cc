@@ -81,7 +81,8 @@ class HeartbeatStream final
         job_, Heartbeat{.rank = rank_,
                         .incarnation = incarnation_,
                         .step = req_.step(),
-                        .phase = detector::PhaseFromProto(req_.phase())});
+                        .phase = detector::PhaseFromProto(req_.phase()),
+                        .unscheduled = req_.unscheduled()});
     if (absl::IsFailedPrecondition(s)) {
       fenced_ = true;
       resp_.set_fenced(true);
