@@ -32,11 +32,14 @@ Checkpointer(overlap=False) makes save() itself wait for the copy.
 
 CPU tensors are read straight from their memory (no extra copy in Python;
 bfloat16 is passed as its bytes). CUDA tensors are copied to pinned host
-staging memory first. restore() writes straight into the model's (and, when
-it already has state, the optimizer's) existing tensors; when the optimizer
-is fresh (its state is created lazily by its first step), the checkpoint is
-restored into library-owned memory, the model's tensors are filled from it
-and the optimizer's state tensors use that memory without a copy.
+staging memory first. restore() writes straight into the model's and the
+optimizer's tensors: the existing ones, or, for a fresh optimizer (whose
+state its first step creates), new ones laid out as that step would (learnt
+by stepping the optimizer's class on a small stand-in parameter). Only when
+the checkpoint's tensors differ from what is there (names, dtypes, shapes:
+checked before anything is written) is it restored into library-owned memory
+instead; the model's tensors are then filled from it and every other tensor
+uses that memory without a copy.
 
 Progress for the failure detector (hang detection): save() reports its
 step, and each optimizer step after it reports the next step, so a training
@@ -53,6 +56,7 @@ import pickle
 import random
 import time
 import types
+import warnings
 import weakref
 from collections.abc import MutableMapping
 from itertools import chain
@@ -228,6 +232,58 @@ class _Flattener:
 
     def staging_bytes(self, chunk: int) -> int:
         return sum(_chunked(t.numel() * t.element_size(), chunk) for t in self.sources.values())
+
+
+def _probe_state(cls: type, hyper: Dict[str, Any], dtype: torch.dtype) -> Optional[Dict[str, Any]]:
+    """The state tensors optimizer class `cls` creates for a parameter of
+    `dtype` at its first step: key -> None (shaped like the parameter) or
+    (shape, dtype). Learnt by stepping a stand-in; None if that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stand_in = torch.zeros(2, 3, dtype=dtype, requires_grad=True)
+            stand_in.grad = torch.zeros_like(stand_in)
+            probe = cls([stand_in], **hyper)
+            probe.step()
+            layout: Dict[str, Any] = {}
+            for key, value in probe.state[stand_in].items():
+                if isinstance(value, torch.Tensor):
+                    like = value.shape == stand_in.shape and value.dtype == dtype
+                    layout[key] = None if like else (tuple(value.shape), value.dtype)
+            return layout
+    except Exception:  # an optimizer that needs a closure, arguments, ...
+        return None
+
+
+def _predict_optimizer_state(optimizer: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
+    """Uninitialized tensors for the state a fresh optimizer (whose state is
+    created lazily by its first step) will have, named as save() names them,
+    so a restore can write into them directly. Empty when it cannot tell. A
+    wrong guess costs nothing: restore_into() checks every name, dtype and
+    shape before writing and restore() then falls back."""
+    out: Dict[str, torch.Tensor] = {}
+    layouts: Dict[Any, Optional[Dict[str, Any]]] = {}
+    index = 0
+    for group in optimizer.param_groups:
+        hyper = {k: group[k] for k in optimizer.defaults if k in group}
+        for p in group["params"]:
+            i = index
+            index += 1
+            if not p.requires_grad:
+                continue  # never gets a gradient, so never any state
+            key = (id(group), p.dtype)
+            if key not in layouts:
+                layouts[key] = _probe_state(type(optimizer), hyper, p.dtype)
+            layout = layouts[key]
+            if layout is None:
+                return {}
+            for name, spec in layout.items():
+                if spec is None:
+                    t = torch.empty_like(p, memory_format=torch.contiguous_format)
+                else:
+                    t = torch.empty(spec[0], dtype=spec[1], device=p.device)
+                out[f"optimizer/state/{i}/{name}"] = t.detach()
+    return out
 
 
 def _unpickle(blob: bytes, tensors: Dict[str, torch.Tensor]) -> Dict[str, Any]:
@@ -497,7 +553,6 @@ class Checkpointer:
         core = self._connect(needed // 2)
         if needed > self._staging_cap and not self._warned_staging and self._staging_bytes is None:
             self._warned_staging = True
-            import warnings
             warnings.warn(
                 f"snapback: a checkpoint needs {needed >> 20} MiB of staging for save() to "
                 f"block only for the copy, the cap is {self._staging_cap >> 20} MiB; pass "
@@ -566,7 +621,7 @@ class Checkpointer:
         current: Dict[str, Any] = {}
         if model_sd is not None:
             current["model"] = model_sd
-        if optimizer is not None:
+        if optimizer is not None and optimizer.state:
             current["optimizer"] = optimizer.state_dict()["state"]
         if scheduler is not None:
             current["scheduler"] = scheduler.state_dict()
@@ -579,6 +634,8 @@ class Checkpointer:
             prefix = "optimizer/state" if section == "optimizer" else section
             for name, t in _walk(tree, prefix):
                 homes.setdefault(name, t)
+        if optimizer is not None and not optimizer.state:
+            homes.update(_predict_optimizer_state(optimizer))
         targets: Dict[str, snapback.Tensor] = {}
         staged: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (device tensor, host)
         usable = True

@@ -137,12 +137,21 @@ def test_training_state_round_trips(server, job, overlap):
     check(expected, model2, optimizer2, sched2, extra2)
     assert isinstance(extra2["floats"][2], float) and isinstance(extra2["tuple"], tuple)
 
-    # 2. The live objects, trained further: restored in place.
+    # 2. A fresh process whose `extra` has its tensors: everything, the
+    # fresh optimizer's state included, is restored in place.
+    model3, optimizer3, sched3 = make(seed=3)
+    extra3 = extras()
+    with snapback.torch.Checkpointer(server.endpoint, job=job, incarnation=3) as ck:
+        assert ck.restore(model3, optimizer3, sched3, extra=extra3) == 3
+        assert ck.last_restore["path"] == "in_place"
+    check(expected, model3, optimizer3, sched3, extra3)
+
+    # 3. The live objects, trained further: restored in place.
     train(model, optimizer, sched, 2)
     ptrs = [t.data_ptr() for t in model.state_dict().values()]
     state_ptrs = [t.data_ptr() for s in optimizer.state.values() for t in s.values()]
     extra["position"] += 1
-    with snapback.torch.Checkpointer(server.endpoint, job=job, incarnation=3) as ck:
+    with snapback.torch.Checkpointer(server.endpoint, job=job, incarnation=4) as ck:
         assert ck.restore(model, optimizer, sched, extra=extra) == 3
         assert ck.last_restore["path"] == "in_place"
     check(expected, model, optimizer, sched, extra)
