@@ -30,7 +30,12 @@ namespace {
 class BlockingCall {
  public:
   BlockingCall() {
-    if (!_Py_IsFinalizing()) release_.emplace();
+#if PY_VERSION_HEX >= 0x030D0000
+    const bool finalizing = Py_IsFinalizing();
+#else
+    const bool finalizing = _Py_IsFinalizing();
+#endif
+    if (!finalizing) release_.emplace();
   }
 
  private:
