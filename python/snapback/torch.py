@@ -86,6 +86,7 @@ _DTYPE_NAMES = {
     torch.bool: "bool",
 }
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+_CLIENT_OPTIONS = ("tls_root_ca_file", "rpc_deadline", "bulk_deadline")
 _DEFAULT_CHUNK_BYTES = 4 << 20
 _MIN_STAGING_BYTES = 256 << 20
 
@@ -351,7 +352,8 @@ class Checkpointer:
       rng: also save and restore the torch (CPU, CUDA), `random` and numpy
         global RNG states (default True).
       **options: other snapback.CheckpointerOptions fields (chunk_bytes,
-        copy_threads, upload_streams, compress, ...).
+        copy_threads, upload_streams, compress, heartbeat_interval, ...) and
+        snapback.Client's (tls_root_ca_file, rpc_deadline, bulk_deadline).
 
     Thread-safety: one training loop per checkpointer.
 
@@ -373,9 +375,10 @@ class Checkpointer:
         rng: bool = True,
         **options: Any,
     ) -> None:
+        client_options = {k: options.pop(k) for k in _CLIENT_OPTIONS if k in options}
         # Validate the options now, connect on first use.
         snapback.checkpointer_options(job, rank, world_size, incarnation, **options)
-        self._client = snapback.Client(endpoint)
+        self._client = snapback.Client(endpoint, **client_options)
         self._identity = dict(job=job, rank=rank, world_size=world_size,
                               incarnation=incarnation)
         self._options = dict(options)

@@ -78,6 +78,8 @@ void RegisterErrors(py::module_& m) {
       "(e.g. 'UNAVAILABLE'); str(e) says what happened and what to do.",
       PyExc_Exception, nullptr);
   if (g_base == nullptr) throw py::error_already_set();
+  // The class attribute answers for errors raised from Python code too.
+  py::handle(g_base).attr("code") = "UNKNOWN";
   m.attr("Error") = py::handle(g_base);
   size_t n;
   const ErrorClass* classes = ErrorClasses(&n);
@@ -89,6 +91,7 @@ void RegisterErrors(py::module_& m) {
     const std::string name = absl::StrCat("snapback.", c.name);
     PyObject* cls = PyErr_NewExceptionWithDoc(name.c_str(), c.doc, bases.ptr(), nullptr);
     if (cls == nullptr) throw py::error_already_set();
+    py::handle(cls).attr("code") = absl::StatusCodeToString(c.code);
     g_by_code[static_cast<int>(c.code)] = cls;
     m.attr(c.name) = py::handle(cls);
   }

@@ -192,6 +192,7 @@ def test_error_classes_are_distinct_and_pythonic():
     assert len(set(classes)) == len(classes) == 16
     for code, (cls, builtin) in ERRORS.items():
         assert issubclass(cls, snapback.Error) and cls.__module__ == "snapback"
+        assert cls.code == code and cls("raised from Python").code == code
         if builtin is not None:
             assert issubclass(cls, builtin)
         for other in classes:
