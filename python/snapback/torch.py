@@ -506,7 +506,9 @@ class Checkpointer:
         copy, dedup, upload and commit run in the background. The model's
         and optimizer's tensors must not be mutated before the copy is done:
         the optimizer's next step() (and, for models with buffers, the next
-        forward()) waits for it automatically.
+        forward()) waits for it automatically. Given a model without its
+        optimizer, save() waits for the copy itself (it cannot guard an
+        optimizer it does not know).
 
         Args:
           step: the step just completed; must grow. restore() then returns
@@ -566,6 +568,10 @@ class Checkpointer:
             self._guard_optimizer(optimizer)
         handle = core.save(step, flat.views(), blobs={_STRUCTURE_BLOB: blob})
         self._snapshot_pending = core.overlap
+        if model is not None and optimizer is None:
+            # Whatever updates this model's parameters is not ours to guard:
+            # finish the copy now.
+            self._before_mutation()
         self._step_base = int(step)
         self._optimizer_steps = 0
         core.report_step(int(step))
