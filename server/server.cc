@@ -273,8 +273,16 @@ void Server::Shutdown(absl::Duration grace) {
   // them now rather than waiting out the grace period (the ranks reconnect
   // to the next coordinator), and stop the detector acting on their ends.
   if (detector_service_ != nullptr) detector_service_->BeginShutdown();
+  // Calls in flight get up to `grace` to finish; then gRPC is shut down
+  // with an immediate deadline, because its own graceful shutdown also
+  // waits for idle client connections to go away (seconds, measured), which
+  // a server with connected but idle clients must not.
+  const absl::Time deadline = absl::Now() + grace;
+  if (service_ != nullptr) service_->WaitIdle(deadline);
+  if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle(deadline);
+  if (detector_service_ != nullptr) detector_service_->WaitIdle(deadline);
   if (grpc_server_ != nullptr) {
-    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   }
   if (detector_ != nullptr) detector_->Stop();
   // Cancelled calls still finish their pool work (e.g. a Put waiting for
