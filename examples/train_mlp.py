@@ -12,8 +12,8 @@ Against a running server (README.md, "Python"):
 
 Under snapback-launch the endpoint, job, rank, world size and incarnation come
 from the SNAPBACK_* environment, and with a world size above 1 the ranks train
-data-parallel (torch.distributed, gloo on CPU; MASTER_ADDR / MASTER_PORT,
-default 127.0.0.1:29500):
+data-parallel (gradients all-reduced with torch.distributed, gloo on CPU;
+MASTER_ADDR / MASTER_PORT, default 127.0.0.1:29500):
 
     build/dev/bin/snapback-launch --job mlp --nproc 2 -- \\
         env PYTHONPATH=build/dev/python python3 examples/train_mlp.py
@@ -95,8 +95,16 @@ def main() -> int:
         g = torch.Generator().manual_seed(args.seed + 1)
         teacher.weight.copy_(torch.randn(8, 32, generator=g))
         teacher.bias.copy_(torch.randn(8, generator=g))
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    # Data parallel by hand: every gradient is all-reduced on its own, in a
+    # fixed order. DistributedDataParallel regroups gradients into buckets
+    # after its first iteration, so a restarted process would sum them in a
+    # different order for one step and drift by an ulp from an uninterrupted
+    # run; this keeps a resumed run bit-identical.
+    def average_gradients() -> None:
+        if world > 1:
+            for p in model.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=50, gamma=0.5)
     data = torch.Generator().manual_seed(args.seed * 1000 + rank + 2)
@@ -119,6 +127,7 @@ def main() -> int:
         loss = F.mse_loss(model(x), y)
         optimizer.zero_grad()
         loss.backward()
+        average_gradients()
         optimizer.step()  # waits for the previous save's snapshot copy
         sched.step()
         if (step + 1) % args.save_every == 0:
@@ -131,6 +140,7 @@ def main() -> int:
             if step == args.kill_self_mid_save:
                 print(f"killing myself mid-save at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
+        ck.report_step(step + 1)  # progress for the detector's hang check (no RPC)
         print(f"step {step} {loss.item().hex()} {loss.item():.6f}", flush=True)
     ck.close()
     if pending is not None:
