@@ -427,7 +427,10 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> ClientImpl::NewCheckpointer(
   req.set_job_id(o.job_id);
   req.set_world_size(o.world_size);
   // Under Slurm the detector restarts the job with `scontrol requeue`.
-  if (const std::string slurm_job = EnvOr("SLURM_JOB_ID", ""); !slurm_job.empty()) {
+  // Not when snapback-launch runs the ranks (inside a Slurm allocation
+  // too): the launcher owns the job's restarts.
+  if (const std::string slurm_job = EnvOr("SLURM_JOB_ID", "");
+      !slurm_job.empty() && EnvOr("SNAPBACK_INCARNATION", "").empty()) {
     req.set_scheduler("slurm");
     req.set_scheduler_job_id(slurm_job);
   }

@@ -63,6 +63,7 @@ void Heartbeater::Loop() {
       ok = stream->Write(Beat(static_cast<v1::RankPhase>(phase_.load()), !scheduled));
       if (!ok) break;
       absl::MutexLock lock(&mu_);
+      failures_ = 0;
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stop_; };
       mu_.AwaitWithDeadline(absl::Condition(&ready), next);
       wake_ = false;
@@ -95,9 +96,13 @@ void Heartbeater::Loop() {
                      status.error_message().c_str());
         break;
       }
-      // Reconnect after a pause (the coordinator may be restarting).
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.interval);
-      if (stop_) break;
+      // Reconnect at once the first time (a blip must not look like a
+      // death: the detector waits only a short grace for a broken stream),
+      // then after a pause (the coordinator may be restarting).
+      if (failures_++ > 0) {
+        mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.interval);
+        if (stop_) break;
+      }
     }
   }
   finished_.Notify();

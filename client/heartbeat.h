@@ -78,6 +78,7 @@ class Heartbeater {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live stream's
+  int failures_ ABSL_GUARDED_BY(mu_) = 0;                    // stream failures in a row
   absl::Notification finished_;
   std::thread thread_;
 };

@@ -93,6 +93,7 @@ void Detector::AddAdapter(std::shared_ptr<SchedulerAdapter> adapter) {
 std::unique_ptr<JobMonitor> Detector::NewMonitor(const v1::JobInfo& info) {
   MonitorOptions o = options_.monitor;
   o.world_size = info.world_size();
+  o.exit_reports = info.scheduler() == "local";
   auto m = std::make_unique<JobMonitor>(o, clock_, info.incarnation());
   if (info.latest_committed() >= 0) m->OnCommitted(info.latest_committed());
   return m;
@@ -155,6 +156,17 @@ absl::Status Detector::OnHeartbeat(const std::string& job_id, const Heartbeat& b
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Job*> job = GetJob(job_id);
   if (!job.ok()) return job.status();
+  if ((*job)->monitor->state() == JobState::kFinished) {
+    // Every rank of the last run finished: a beat now is a new run of the
+    // job (e.g. a resubmitted batch job). Watch it afresh.
+    absl::StatusOr<v1::JobInfo> info = jobs_->DescribeJob(job_id);
+    if (!info.ok()) return info.status();
+    (*job)->seq_base += static_cast<int64_t>((*job)->monitor->incidents().size());
+    (*job)->persisted.clear();
+    (*job)->persisted_closed = 0;
+    (*job)->monitor = NewMonitor(*info);
+    (*job)->binding = BindingOf(*info);
+  }
   JobMonitor& m = *(*job)->monitor;
   if (beat.incarnation < m.incarnation()) {
     return absl::FailedPreconditionError(
@@ -173,7 +185,7 @@ void Detector::OnStreamEnded(const std::string& job_id, int rank, int64_t incarn
   absl::StatusOr<Job*> job = GetJob(job_id);
   if (!job.ok()) return;
   if (done) {
-    (*job)->monitor->OnRankDone(rank, incarnation);
+    (*job)->monitor->OnRankDone(rank, incarnation, /*goodbye=*/true);
   } else {
     (*job)->monitor->OnStreamBroken(rank, incarnation);
   }
@@ -214,15 +226,20 @@ absl::StatusOr<int64_t> Detector::OnLauncherHello(const std::string& job_id,
   if (!found.ok()) return found.status();
   Job& job = **found;
   JobMonitor& m = *job.monitor;
-  if (running_incarnation > 0 && running_incarnation >= m.incarnation() &&
-      m.state() != JobState::kGaveUp) {
+  if (m.state() == JobState::kGaveUp && running_incarnation > 0) {
+    // A launcher that was away when the detector gave up: its ranks must stop.
+    return absl::FailedPreconditionError(
+        absl::StrCat("the detector gave up on job ", job_id, ": ", m.give_up_reason()));
+  }
+  if (running_incarnation > 0 && running_incarnation >= m.incarnation()) {
     return running_incarnation;  // a reconnect: the ranks keep running
   }
   if (running_incarnation > 0 && m.state() == JobState::kRestarting) {
     return m.incarnation();  // a restart was ordered while it was away
   }
   // A fresh start: a new incarnation fences whatever ran before.
-  absl::StatusOr<v1::JobInfo> info = jobs_->AdvanceIncarnation(job_id);
+  absl::StatusOr<v1::JobInfo> info =
+      jobs_->AdvanceIncarnation(job_id, m.incarnation() + 1);
   if (!info.ok()) return info.status();
   job.binding = BindingOf(*info);
   const bool open = !m.incidents().empty() && !m.incidents().back().closed() &&
@@ -310,7 +327,7 @@ std::vector<Detector::Order> Detector::Evaluate() {
       orders.push_back({.job_id = job_id,
                         .type = Order::kRestart,
                         .advance = true,
-                        .incarnation = 0,
+                        .incarnation = job.monitor->incarnation(),
                         .reason = a.reason});
     } else if (a.type == JobMonitor::Action::kGiveUp) {
       orders.push_back({.job_id = job_id,
@@ -318,8 +335,11 @@ std::vector<Detector::Order> Detector::Evaluate() {
                         .advance = false,
                         .incarnation = 0,
                         .reason = a.reason});
-    } else if (job.retry_at <= now && job.monitor->state() == JobState::kRestarting &&
-               job.retry_incarnation == job.monitor->incarnation()) {
+    } else if (job.retry_at != absl::InfiniteDuration() &&
+               (job.monitor->state() != JobState::kRestarting ||
+                job.retry_incarnation != job.monitor->incarnation())) {
+      job.retry_at = absl::InfiniteDuration();  // moot: the job moved on
+    } else if (job.retry_at <= now) {
       job.retry_at = absl::InfiniteDuration();
       orders.push_back({.job_id = job_id,
                         .type = Order::kRestart,
@@ -367,12 +387,15 @@ void Detector::Carry(std::vector<Order> orders) {
       if (order.type == Order::kRestart && order.advance) {
         // Fence first: once the incarnation is raised no rank of the old one
         // can commit, whatever the scheduler does next.
-        info = jobs_->AdvanceIncarnation(order.job_id);
+        if (job.monitor->state() != JobState::kFailed ||
+            job.monitor->incarnation() != order.incarnation) {
+          continue;  // overtaken (a launcher's fresh start, a give-up) since Evaluate
+        }
+        info = jobs_->AdvanceIncarnation(order.job_id, job.monitor->incarnation() + 1);
         if (!info.ok()) {
+          // Not fenced, so not restarted: try the whole restart again.
           job.monitor->OnSchedulerError(info.status().ToString());
-          job.retry_at = clock_->Monotonic() + options_.restart_retry;
-          job.retry_incarnation = job.monitor->incarnation();
-          job.retry_reason = order.reason;
+          job.monitor->RetryRestart();
           Persist(order.job_id, job);
           continue;
         }
@@ -419,8 +442,13 @@ void Detector::Loop() {
     {
       absl::MutexLock lock(&mu_);
       absl::Duration next = absl::InfiniteDuration();
+      // Deadlines already past were just evaluated: one that Tick() did not
+      // act on is not a reason to wake again at once.
+      const absl::Duration now = clock_->Monotonic();
       for (const auto& [id, job] : by_id_) {
-        next = std::min({next, job.monitor->NextDeadline(), job.retry_at});
+        for (absl::Duration d : {job.monitor->NextDeadline(), job.retry_at}) {
+          if (d > now) next = std::min(next, d);
+        }
       }
       const absl::Duration wait = std::clamp(next - clock_->Monotonic(),
                                              absl::Milliseconds(1), options_.max_wait);

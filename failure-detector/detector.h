@@ -51,9 +51,12 @@ class JobDirectory {
  public:
   virtual ~JobDirectory() = default;
   virtual absl::StatusOr<v1::JobInfo> DescribeJob(const std::string& job_id) = 0;
-  // Raises the job's incarnation by one (aborting the older incarnations'
-  // WRITING checkpoints) and returns the job as updated.
-  virtual absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& job_id) = 0;
+  // Raises the job's incarnation to max(current + 1, at_least) (aborting the
+  // older incarnations' WRITING checkpoints) and returns the job as updated.
+  // `at_least` covers ranks that run an incarnation the metadata has not
+  // recorded yet (a new job's first run, before its first checkpoint call).
+  virtual absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& job_id,
+                                                         int64_t at_least) = 0;
   // Writes (creates or replaces) incident (job_id, seq), synced.
   virtual absl::Status PutIncident(const v1::Incident& incident) = 0;
   virtual absl::StatusOr<std::vector<v1::Incident>> ListIncidents(

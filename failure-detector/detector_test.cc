@@ -22,10 +22,11 @@ class MemoryDirectory : public JobDirectory {
     if (it == jobs.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
     return it->second;
   }
-  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& id) override {
+  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& id,
+                                                 int64_t at_least) override {
     auto it = jobs.find(id);
     if (it == jobs.end()) return absl::NotFoundError(id);
-    it->second.set_incarnation(it->second.incarnation() + 1);
+    it->second.set_incarnation(std::max(it->second.incarnation() + 1, at_least));
     events.push_back(absl::StrCat("advance ", it->second.incarnation()));
     return it->second;
   }
@@ -151,6 +152,22 @@ TEST_F(DetectorUnitTest, CrashFencesFirstThenRestartsAndLogsTheWholeTimeline) {
   ASSERT_EQ(log2.size(), 2u);
   EXPECT_EQ(log2[1].seq(), 1);
   EXPECT_EQ(log2[1].reason(), "rank 0 killed by SIGKILL");
+}
+
+TEST_F(DetectorUnitTest, ANewJobsFirstRunIsFencedEvenBeforeItsFirstCheckpointCall) {
+  // Registered at incarnation 0; its ranks run as 1 (the client's default)
+  // and die before any checkpoint call recorded it.
+  dir_.AddJob("fresh", 2, "fake");
+  dir_.jobs["fresh"].set_incarnation(0);
+  auto d = Make();
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(d->OnHeartbeat("fresh", {.rank = r, .incarnation = 1, .step = 0}).ok());
+  }
+  d->OnStreamEnded("fresh", 0, 1, false);
+  clock_.Advance(absl::Milliseconds(300));
+  d->TEST_Evaluate();
+  EXPECT_EQ(dir_.events, (std::vector<std::string>{"advance 2", "restart fresh 2"}));
+  EXPECT_EQ(d->Health("fresh")->state(), "RESTARTING");
 }
 
 TEST_F(DetectorUnitTest, RefusedRestartIsNotedAndRetriedWithoutAdvancingAgain) {

@@ -97,13 +97,21 @@ void JobMonitor::OnHeartbeat(const Heartbeat& beat) {
   if (r.done) return;
   if (!beat.unscheduled || !r.seen) r.phi.Heartbeat(now);
   r.last_beat_wall = clock_->Now();
-  if (!r.seen || beat.phase != r.phase) r.phase_since = now;
+  // A beat after a broken stream: it reconnected (a network blip), alive.
+  r.broken_at = absl::InfiniteDuration();
+  r.broken_wall = absl::InfinitePast();
+  if (!r.seen || beat.phase != r.phase) {
+    r.phase_since = now;
+    // Back from a save or restore: the step clock starts again (a long
+    // save within its budget is not a hang the moment it ends).
+    if (beat.phase == Phase::kTraining) r.step_since = now;
+  }
   if (!r.seen || beat.step != r.step) {
-    // Time per step over whatever happened in between, saves included (a
-    // save is part of the loop's rhythm); not from "no step yet" (-1).
+    // The time between observed step changes (however many steps each
+    // one covers: a rank may report every step or every hundred), which
+    // is what the hang check compares against; not from "no step yet".
     if (r.seen && r.step >= 0 && beat.step > r.step) {
-      step_times_.push_back(absl::ToDoubleSeconds(now - r.step_since) /
-                            (beat.step - r.step));
+      step_times_.push_back(absl::ToDoubleSeconds(now - r.step_since));
       if (step_times_.size() > kStepTimeSamples) step_times_.erase(step_times_.begin());
     }
     r.step_since = now;
@@ -178,10 +186,16 @@ void JobMonitor::OnRankFailed(int rank, int64_t incarnation, std::string descrip
   Fail(IncidentKind::kRankExit, rank, std::move(description));
 }
 
-void JobMonitor::OnRankDone(int rank, int64_t incarnation) {
+void JobMonitor::OnRankDone(int rank, int64_t incarnation, bool goodbye) {
   if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
   if (Terminal()) return;
-  ranks_[rank].done = true;
+  RankState& r = ranks_[rank];
+  r.broken_at = absl::InfiniteDuration();
+  if (goodbye && options_.exit_reports) {
+    r.goodbye = true;  // the launcher's exit report decides
+    return;
+  }
+  r.done = true;
   if (std::all_of(ranks_.begin(), ranks_.end(),
                   [](const RankState& s) { return s.done; })) {
     state_ = JobState::kFinished;
@@ -190,7 +204,8 @@ void JobMonitor::OnRankDone(int rank, int64_t incarnation) {
 }
 
 void JobMonitor::OnFatal(int rank, int64_t incarnation, std::string description) {
-  if (incarnation != incarnation_ || Terminal()) return;
+  if (incarnation != incarnation_ || rank < 0 || rank >= options_.world_size) return;
+  if (Terminal() || ranks_[rank].done) return;
   if (state_ != JobState::kFailed) {
     Fail(IncidentKind::kRankExit, rank, description);
   }
@@ -203,6 +218,12 @@ void JobMonitor::OnFatal(int rank, int64_t incarnation, std::string description)
 
 void JobMonitor::OnSchedulerError(std::string error) {
   if (Incident* open = OpenIncident(incidents_)) open->scheduler_error = std::move(error);
+}
+
+void JobMonitor::RetryRestart() {
+  if (state_ != JobState::kFailed) return;
+  pending_restart_ = true;
+  retrying_ = true;
 }
 
 std::vector<JobMonitor::RankView> JobMonitor::Ranks() const {
@@ -283,7 +304,7 @@ JobMonitor::Action JobMonitor::Tick() {
     bool suspect = false;
     for (int i = 0; i < options_.world_size && state_ != JobState::kFailed; ++i) {
       const RankState& r = ranks_[i];
-      if (r.done) continue;
+      if (r.done || r.goodbye) continue;
       if (r.broken_at != absl::InfiniteDuration() &&
           now - r.broken_at >= options_.stream_break_grace) {
         Fail(IncidentKind::kRankExit, i,
@@ -313,7 +334,7 @@ JobMonitor::Action JobMonitor::Tick() {
                           absl::FormatDuration(in_phase), ", over the budget of ",
                           absl::FormatDuration(options_.restore_budget)));
       } else if (r.phase == Phase::kTraining && state_ != JobState::kRecovering &&
-                 now - r.step_since > HangLimit()) {
+                 r.step >= 0 && !r.goodbye && now - r.step_since > HangLimit()) {
         Fail(IncidentKind::kHang, i,
              absl::StrCat("rank ", i, " has been at step ", r.step, " for ",
                           absl::FormatDuration(now - r.step_since), " (limit ",
@@ -326,6 +347,10 @@ JobMonitor::Action JobMonitor::Tick() {
   }
   if (state_ == JobState::kFailed && pending_restart_) {
     pending_restart_ = false;
+    if (retrying_) {
+      retrying_ = false;
+      return {Action::kRestart, incidents_.back().reason};
+    }
     if (committed_ > committed_at_last_restart_) restarts_without_progress_ = 0;
     committed_at_last_restart_ = committed_;
     if (++restarts_without_progress_ > options_.max_restarts_without_progress) {
@@ -346,9 +371,13 @@ absl::Duration JobMonitor::NextDeadline() const {
   if (pending_give_up_ || (state_ == JobState::kFailed && pending_restart_)) {
     return absl::ZeroDuration();
   }
-  if (Terminal() || state_ == JobState::kRestarting) return next;
+  // FAILED without a pending restart (no scheduler could take it) waits for
+  // an event, not a timer.
+  if (Terminal() || state_ == JobState::kRestarting || state_ == JobState::kFailed) {
+    return next;
+  }
   for (const RankState& r : ranks_) {
-    if (r.done) continue;
+    if (r.done || r.goodbye) continue;
     if (r.broken_at != absl::InfiniteDuration()) {
       next = std::min(next, r.broken_at + options_.stream_break_grace);
     }
@@ -357,7 +386,9 @@ absl::Duration JobMonitor::NextDeadline() const {
     next = std::min(next, r.phi.WhenPhiReaches(options_.fail_phi));
     switch (r.phase) {
       case Phase::kTraining:
-        next = std::min(next, r.step_since + HangLimit());
+        if (r.step >= 0 && state_ != JobState::kRecovering) {
+          next = std::min(next, r.step_since + HangLimit());
+        }
         break;
       case Phase::kSaving:
         next = std::min(next, r.phase_since + options_.save_budget);

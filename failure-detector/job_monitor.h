@@ -13,8 +13,8 @@
 // phase): a broken heartbeat stream (the process died: detected at once), a
 // phi-accrual suspicion (heartbeats stopped: node, network, or a frozen
 // process), and a step that stops advancing for longer than hang_factor ×
-// the median observed step time, with a floor (a hung collective: heartbeats
-// still flow). Saving and restoring phases have their own budgets, so a long
+// the median time between observed step changes, with a floor (a hung collective:
+// heartbeats still flow). Saving and restoring phases have their own budgets, so a long
 // save is not a hang.
 //
 // Every failure opens an Incident with its timeline (last healthy, detected,
@@ -107,7 +107,8 @@ struct MonitorOptions {
   // Phi at which it is declared failed (heartbeat loss).
   // Default: 8
   double fail_phi = 8;
-  // A step that does not advance for hang_factor × the median step time (at
+  // A step that does not advance for hang_factor × the median time between
+  // observed step changes (at
   // least hang_floor) while training is a hang.
   // Default: 10
   double hang_factor = 10;
@@ -124,6 +125,10 @@ struct MonitorOptions {
   // restarted because the stream broke a few ms earlier).
   // Default: 250 ms
   absl::Duration stream_break_grace = absl::Milliseconds(250);
+  // A launcher reports every rank's exit code (scheduler "local"): see
+  // OnRankDone.
+  // Default: false
+  bool exit_reports = false;
   // Restarts allowed without a newly committed step before giving up.
   // Default: 3
   int max_restarts_without_progress = 3;
@@ -148,13 +153,19 @@ class JobMonitor {
   // says how, e.g. "killed by SIGKILL"). Same effect as a broken stream.
   void OnRankFailed(int rank, int64_t incarnation, std::string description);
   // The rank finished (exit 0, or a final DONE beat): no longer monitored.
-  // When every rank has finished the job is kFinished.
-  void OnRankDone(int rank, int64_t incarnation);
+  // When every rank has finished the job is kFinished. With exit_reports
+  // a goodbye alone (`goodbye`) only stops the watching: the rank counts
+  // as done when the launcher reports exit 0, and a failing exit code
+  // after a goodbye (an exception unwinding through Close()) is a failure.
+  void OnRankDone(int rank, int64_t incarnation, bool goodbye = false);
   // A failure that must not be retried (a "do not restart" exit): the job
   // goes to kGaveUp and the next Tick() says kGiveUp.
   void OnFatal(int rank, int64_t incarnation, std::string description);
   // The scheduler refused or failed the restart order.
   void OnSchedulerError(std::string error);
+  // The restart could not even be prepared (fencing failed): Tick() says
+  // kRestart again, without counting it toward the restart-loop guard.
+  void RetryRestart();
   // The job's latest committed step (for the restart-loop guard).
   void OnCommitted(int64_t step);
   // An operator forced a restore: the job restarts like after a failure.
@@ -189,6 +200,7 @@ class JobMonitor {
     PhiAccrualDetector phi;
     bool seen = false;
     bool done = false;
+    bool goodbye = false;  // said DONE; done once the launcher reports exit 0
     int64_t step = -1;
     Phase phase = Phase::kTraining;
     absl::Duration step_since = absl::ZeroDuration();   // monotonic: step last advanced
@@ -217,6 +229,7 @@ class JobMonitor {
   int restarts_without_progress_ = 0;
   bool pending_restart_ = false;
   bool pending_give_up_ = false;
+  bool retrying_ = false;  // the pending restart is a retry
   std::string give_up_reason_;
 };
 

@@ -160,6 +160,68 @@ TEST_F(JobMonitorTest, TheLaunchersExitReportWinsOverTheBrokenStream) {
   EXPECT_EQ(m.Tick().type, JobMonitor::Action::kNone);
 }
 
+TEST_F(JobMonitorTest, AGoodbyeThenAFailingExitIsAFailureUnderALauncher) {
+  MonitorOptions o;
+  o.exit_reports = true;
+  JobMonitor m = Make(o);
+  for (int step = 1; step <= 5; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
+  // An exception unwinds through Close(): DONE, then exit 1.
+  m.OnRankDone(2, 1, /*goodbye=*/true);
+  clock_.Advance(absl::Seconds(5));  // no beats from it: not a heartbeat loss
+  for (int r : {0, 1, 3}) m.OnHeartbeat({.rank = r, .incarnation = 1, .step = 6});
+  EXPECT_EQ(m.Tick().type, JobMonitor::Action::kNone);
+  m.OnRankFailed(2, 1, "rank 2 exited with code 1");
+  EXPECT_EQ(m.Tick().type, JobMonitor::Action::kRestart);
+  // A goodbye then exit 0 is done.
+  m.OnRestartRequested(2);
+  for (int r = 0; r < 4; ++r) {
+    m.OnRankDone(r, 2, /*goodbye=*/true);
+    m.OnRankDone(r, 2);
+  }
+  EXPECT_EQ(m.state(), JobState::kFinished);
+}
+
+TEST_F(JobMonitorTest, NoHangBeforeTheFirstStepNorRightAfterALongSave) {
+  MonitorOptions o;
+  o.hang_floor = absl::Seconds(60);
+  JobMonitor m = Make(o);
+  // No step reported yet for 5 minutes (a slow first save): not a hang.
+  for (int s = 0; s < 300; ++s) {
+    Beat(m, {0, 1, 2, 3}, 1, -1);
+    ASSERT_EQ(m.Tick().type, JobMonitor::Action::kNone) << s;
+  }
+  // Steps every 1 s, then a 5-minute blocking save (within its budget).
+  for (int step = 0; step < 30; ++step) Beat(m, {0, 1, 2, 3}, 1, step);
+  for (int s = 0; s < 300; ++s) Beat(m, {0, 1, 2, 3}, 1, 30, Phase::kSaving);
+  Beat(m, {0, 1, 2, 3}, 1, 30, Phase::kTraining, absl::Milliseconds(1));
+  EXPECT_EQ(m.Tick().type, JobMonitor::Action::kNone) << "the save just ended";
+  EXPECT_TRUE(m.incidents().empty());
+}
+
+TEST_F(JobMonitorTest, ALoopThatReportsEveryHundredStepsIsNotHungBetweenReports) {
+  MonitorOptions o;
+  o.hang_floor = absl::Seconds(60);
+  JobMonitor m = Make(o);
+  // Beats every 1 s; the step moves by 100 every 50 s: the hang limit is
+  // 10 x the time between step changes, not x the time per step.
+  for (int k = 0; k < 12; ++k) {
+    for (int s = 0; s < 50; ++s) {
+      Beat(m, {0, 1, 2, 3}, 1, 100 * k);
+      ASSERT_EQ(m.Tick().type, JobMonitor::Action::kNone) << k << " " << s;
+    }
+  }
+  // Stuck for good: caught at 10 x 50 s.
+  JobMonitor::Action a;
+  int waited = 0;
+  for (; waited < 1000 && a.type == JobMonitor::Action::kNone; ++waited) {
+    Beat(m, {0, 1, 2, 3}, 1, 1200);
+    a = m.Tick();
+  }
+  EXPECT_EQ(a.type, JobMonitor::Action::kRestart);
+  EXPECT_GE(waited, 490);
+  EXPECT_LE(waited, 510);
+}
+
 TEST_F(JobMonitorTest, EveryRankDoneFinishesTheJob) {
   JobMonitor m = Make();
   for (int step = 1; step <= 3; ++step) Beat(m, {0, 1, 2, 3}, 1, step);

@@ -132,6 +132,13 @@ absl::Status RankGroup::Start(int64_t incarnation) {
 }
 
 std::optional<RankExit> RankGroup::Reap(Proc& p) {
+  // The rank's children (e.g. data-loader workers) die with it: its
+  // process group still exists while the zombie holds the pid.
+  siginfo_t info{};
+  if (waitid(P_PID, p.pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+      info.si_pid == p.pid) {
+    kill(-p.pid, SIGKILL);
+  }
   int status = 0;
   pid_t r = waitpid(p.pid, &status, WNOHANG);
   if (r != p.pid) return std::nullopt;

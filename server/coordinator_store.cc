@@ -793,13 +793,14 @@ absl::StatusOr<JobInfo> CoordinatorStore::DescribeJob(absl::string_view job_id) 
   return LoadJob(job_id);
 }
 
-absl::StatusOr<JobInfo> CoordinatorStore::AdvanceIncarnation(absl::string_view job_id) {
+absl::StatusOr<JobInfo> CoordinatorStore::AdvanceIncarnation(absl::string_view job_id,
+                                                             int64_t at_least) {
   SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
   absl::MutexLock lock(&mu_);
   SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(job_id));
   v1::RankRef ref;
   ref.set_job_id(std::string(job_id));
-  ref.set_incarnation(job.incarnation() + 1);
+  ref.set_incarnation(std::max<int64_t>(job.incarnation() + 1, at_least));
   SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
   return job;
 }

@@ -166,7 +166,9 @@ class CoordinatorStore {
   // (fencing every rank of the old run) in one synced write; returns the
   // updated job. PutIncident writes (creates or replaces) incident
   // (job_id, seq), synced; ListIncidents returns a job's, oldest first.
-  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(absl::string_view job_id);
+  // `at_least`: the new incarnation is max(current + 1, at_least).
+  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(absl::string_view job_id,
+                                                 int64_t at_least = 0);
   absl::Status PutIncident(const v1::Incident& incident);
   absl::StatusOr<std::vector<v1::Incident>> ListIncidents(absl::string_view job_id);
 

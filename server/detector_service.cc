@@ -165,7 +165,7 @@ class DetectorServiceImpl::LaunchStream final
       return;
     }
     writing_ = false;
-    if (pending_finish_ && !finished_) {
+    if (pending_finish_ && !finished_ && !hello_running_) {
       finished_ = true;
       Finish(*pending_finish_);
     }
@@ -182,8 +182,24 @@ class DetectorServiceImpl::LaunchStream final
                                 "a launcher stream starts with a hello"));
         return;
       }
-      // Registering writes the metadata (synced): not on a gRPC thread.
-      service_->pool_->Schedule([this] { Hello(); });
+      // Registering writes the metadata (synced): not on a gRPC thread. No
+      // gRPC operation is outstanding meanwhile, so the stream must not be
+      // finished (and deleted) under Hello(): FinishOnce() defers to it, and
+      // the service counts it as a call in flight.
+      {
+        absl::MutexLock lock(&mu_);
+        if (finished_ || pending_finish_) return;
+        hello_running_ = true;
+      }
+      {
+        absl::MutexLock lock(&service_->mu_);
+        ++service_->active_calls_;
+      }
+      service_->pool_->Schedule([this, service = service_] {
+        Hello();  // may end in Finish(): `this` is not touched after it
+        absl::MutexLock lock(&service->mu_);
+        --service->active_calls_;
+      });
       return;
     }
     if (event_.has_exited()) {
@@ -200,6 +216,15 @@ class DetectorServiceImpl::LaunchStream final
 
  private:
   void Hello() {
+    bool finishing;
+    {
+      absl::MutexLock lock(&mu_);
+      finishing = pending_finish_.has_value();
+    }
+    if (finishing) {
+      EndHello(false);
+      return;
+    }
     const v1::LauncherHello& hello = event_.hello();
     v1::RegisterJobRequest reg;
     reg.set_job_id(hello.job_id());
@@ -210,6 +235,7 @@ class DetectorServiceImpl::LaunchStream final
         service_->store_->RegisterJob(reg);
     if (!registered.ok()) {
       FinishOnce(ToGrpcStatus(registered.status()));
+      EndHello(false);
       return;
     }
     job_ = hello.job_id();
@@ -218,6 +244,7 @@ class DetectorServiceImpl::LaunchStream final
         service_->detector_->OnLauncherHello(job_, hello.running_incarnation());
     if (!incarnation.ok()) {
       FinishOnce(ToGrpcStatus(incarnation.status()));
+      EndHello(false);
       return;
     }
     hello_done_ = true;
@@ -226,14 +253,29 @@ class DetectorServiceImpl::LaunchStream final
     order.mutable_start()->set_reason(
         hello.running_incarnation() == *incarnation ? "reconnected" : "start");
     (void)Send(std::move(order));
-    StartRead(&event_);
+    EndHello(true);
+  }
+
+  // Ends Hello(): reads the next event, or finishes a stream that was
+  // asked to finish meanwhile. The last touch of `this` in Hello().
+  void EndHello(bool read_on) {
+    absl::MutexLock lock(&mu_);
+    hello_running_ = false;
+    if (!pending_finish_) {
+      if (read_on) StartRead(&event_);
+      return;
+    }
+    if (!writing_ && !finished_) {
+      finished_ = true;
+      Finish(*pending_finish_);
+    }
   }
 
   void FinishOnce(const grpc::Status& status) {
     absl::MutexLock lock(&mu_);
     if (finished_ || pending_finish_) return;
-    if (writing_) {
-      pending_finish_ = status;  // finished when the write completes
+    if (writing_ || hello_running_) {
+      pending_finish_ = status;  // finished when the write or hello completes
       return;
     }
     finished_ = true;
@@ -247,6 +289,7 @@ class DetectorServiceImpl::LaunchStream final
   absl::Mutex mu_;
   std::deque<v1::LauncherOrder> orders_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool hello_running_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
 };

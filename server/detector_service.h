@@ -42,8 +42,9 @@ class StoreJobDirectory final : public detector::JobDirectory {
   absl::StatusOr<v1::JobInfo> DescribeJob(const std::string& job_id) override {
     return store_->DescribeJob(job_id);
   }
-  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& job_id) override {
-    return store_->AdvanceIncarnation(job_id);
+  absl::StatusOr<v1::JobInfo> AdvanceIncarnation(const std::string& job_id,
+                                                 int64_t at_least) override {
+    return store_->AdvanceIncarnation(job_id, at_least);
   }
   absl::Status PutIncident(const v1::Incident& incident) override {
     return store_->PutIncident(incident);

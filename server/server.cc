@@ -272,6 +272,9 @@ void Server::Shutdown(absl::Duration grace) {
   // Heartbeat and launcher streams last as long as their processes: end
   // them now rather than waiting out the grace period (the ranks reconnect
   // to the next coordinator), and stop the detector acting on their ends.
+  // The detector first: with the heartbeats cut, it would soon declare
+  // every job dead and fence and restart them all.
+  if (detector_ != nullptr) detector_->Stop();
   if (detector_service_ != nullptr) detector_service_->BeginShutdown();
   // Calls in flight get up to `grace` to finish; then gRPC is shut down
   // with an immediate deadline, because its own graceful shutdown also
@@ -284,7 +287,6 @@ void Server::Shutdown(absl::Duration grace) {
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   }
-  if (detector_ != nullptr) detector_->Stop();
   // Cancelled calls still finish their pool work (e.g. a Put waiting for
   // fsync) before the pools and the stores may go away.
   if (service_ != nullptr) service_->WaitIdle();

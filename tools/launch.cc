@@ -318,6 +318,8 @@ int main(int argc, char** argv) {
           session.Next(absl::Milliseconds(10), &ended, &status);
       if (order.has_value() && order->has_start()) {
         const int64_t inc = order->start().incarnation();
+        // An order for an older incarnation was overtaken by a newer one.
+        if (inc < group.incarnation()) continue;
         if (inc != group.incarnation() || group.running() == 0) {
           if (group.running() > 0) {
             say(absl::StrCat("stopping incarnation ", group.incarnation(), " (",
@@ -344,6 +346,8 @@ int main(int argc, char** argv) {
         running = false;
         break;
       }
+      // Exits wait in the group until a live stream can report them.
+      if (ended) break;
       while (std::optional<RankExit> exit = group.WaitExit(absl::ZeroDuration())) {
         v1::RankExited ev;
         ev.set_incarnation(exit->incarnation);
