@@ -111,6 +111,11 @@ absl::Status RankGroup::Start(int64_t incarnation) {
     }
     if (pid == 0) {
       setpgid(0, 0);
+      // The launcher blocks SIGINT/SIGTERM to read them from a signalfd; a
+      // rank must get them (StopAll's SIGTERM, Ctrl-C) like any process.
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
       execvpe(argv[0], argv.data(), envp.data());
       const char msg[] = "snapback-launch: cannot execute the rank command\n";
       (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);

@@ -97,6 +97,30 @@ TEST(RankGroup, ARankIgnoringSigtermIsKilledAfterTheGrace) {
   EXPECT_EQ(g.running(), 0);
 }
 
+TEST(RankGroup, RanksGetSigtermEvenWhenTheLauncherBlocksIt) {
+  // snapback-launch blocks SIGINT/SIGTERM (it reads them from a signalfd);
+  // its ranks must not inherit that, or StopAll always waits out the grace.
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  TempDir dir;
+  RankGroup g(Sh("touch " + dir.path() + "/ready$SNAPBACK_RANK; exec sleep 600", 2));
+  ASSERT_TRUE(g.Start(1).ok());
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((!std::ifstream(dir.path() + "/ready0") ||
+          !std::ifstream(dir.path() + "/ready1")) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Time t0 = absl::Now();
+  g.StopAll(absl::Seconds(30));
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5)) << "SIGTERM did not reach the ranks";
+  EXPECT_EQ(g.running(), 0);
+}
+
 TEST(RankGroup, RestartAsANewIncarnationAfterStopping) {
   RankGroup g(Sh("exec sleep 60", 2));
   ASSERT_TRUE(g.Start(1).ok());
