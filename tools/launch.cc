@@ -166,6 +166,16 @@ class Session {
     ctx_.TryCancel();
     reader_.join();
   }
+  // Half-closes and waits (up to `timeout`) for the coordinator to end the
+  // stream, so every exit reported so far has been read before we go.
+  void Close(absl::Duration timeout) {
+    {
+      absl::MutexLock lock(&write_mu_);
+      if (ok_) ok_ = stream_->WritesDone();
+    }
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&ended_), timeout);
+  }
   void Report(const v1::RankExited& exit) {
     v1::LauncherEvent ev;
     *ev.mutable_exited() = exit;
@@ -367,6 +377,7 @@ int main(int argc, char** argv) {
       }
       if (done == flags.nproc) {
         say(absl::StrCat("job ", flags.job, ": every rank finished"));
+        session.Close(absl::Seconds(5));
         running = false;
         break;
       }
