@@ -163,18 +163,7 @@ TEST_F(DetectorTest, KilledRankIsDetectedWithinOneSecondAndTheJobResumesBitExact
 
   // The new incarnation fences the old one: a rank of incarnation 1 that is
   // still alive can no longer save.
-  auto client = Client::Connect({.endpoint = server_->address()});
-  ASSERT_TRUE(client.ok());
-  auto zombie = (*client)->NewCheckpointer(
-      {.job_id = "kill", .rank = 0, .world_size = 2, .incarnation = 1});
-  ASSERT_TRUE(zombie.ok()) << zombie.status();
-  std::vector<float> w(16, 1.0f);
-  auto h = (*zombie)->Save(1000, {TensorView{.name = "layer0.weight",
-                                             .dtype = DType::kFloat32,
-                                             .shape = {16},
-                                             .data = w.data()}});
-  absl::Status s = h.ok() ? h->Wait() : h.status();
-  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  const absl::Status s = testing::SaveAsIncarnation(server_->address(), "kill", 2, 1);
   EXPECT_NE(s.message().find("stale incarnation"), std::string::npos) << s;
 }
 

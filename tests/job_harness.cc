@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "snapback/client.h"
 
 namespace snapback::testing {
 
@@ -69,6 +70,26 @@ std::vector<std::string> Launcher::Lines(const std::string& prefix) {
 std::string Launcher::Output() {
   absl::MutexLock lock(&mu_);
   return absl::StrJoin(lines_, "\n");
+}
+
+absl::Status SaveAsIncarnation(const std::string& endpoint, const std::string& job,
+                               int world_size, int64_t incarnation) {
+  auto client = Client::Connect({.endpoint = endpoint});
+  if (!client.ok()) return client.status();
+  auto ck = (*client)->NewCheckpointer({.job_id = job,
+                                        .rank = 0,
+                                        .world_size = world_size,
+                                        .incarnation = incarnation,
+                                        .heartbeat_interval = absl::ZeroDuration()});
+  if (!ck.ok()) return ck.status();
+  std::vector<float> w(16, 1.0f);
+  auto h = (*ck)->Save(1000, {TensorView{.name = "layer0.weight",
+                                         .dtype = DType::kFloat32,
+                                         .shape = {16},
+                                         .data = w.data()}});
+  absl::Status s = h.ok() ? h->Wait() : h.status();
+  (void)(*ck)->Close();
+  return s;
 }
 
 }  // namespace snapback::testing

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "tests/subprocess.h"
@@ -77,6 +78,12 @@ class Launcher {
   std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
   bool eof_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+// What a rank of `incarnation` that is still alive gets when it saves now
+// (a 16-float tensor at step 1000): FAILED_PRECONDITION ("stale
+// incarnation") once a newer incarnation fenced it.
+absl::Status SaveAsIncarnation(const std::string& endpoint, const std::string& job,
+                               int world_size, int64_t incarnation);
 
 }  // namespace snapback::testing
 

@@ -23,6 +23,7 @@
 #include "server/server.h"
 #include "snapback/client.h"
 #include "storage/test_util.h"
+#include "tests/job_harness.h"
 #include "tests/slurm_cluster.h"
 #include "tests/subprocess.h"
 
@@ -156,19 +157,10 @@ TEST(SlurmRestartTest,
   EXPECT_EQ(job->incarnation(), 2);
 
   // A rank of incarnation 1 still alive somewhere cannot save any more.
-  auto client = Client::Connect({.endpoint = (*server)->address()});
-  ASSERT_TRUE(client.ok());
-  auto zombie = (*client)->NewCheckpointer(
-      {.job_id = "slurm-job", .rank = 0, .world_size = 2, .incarnation = 1});
-  ASSERT_TRUE(zombie.ok()) << zombie.status();
-  std::vector<float> w(16, 1.0f);
-  auto h = (*zombie)->Save(1000, {TensorView{.name = "layer0.weight",
-                                             .dtype = DType::kFloat32,
-                                             .shape = {16},
-                                             .data = w.data()}});
-  absl::Status s = h.ok() ? h->Wait() : h.status();
+  const absl::Status s =
+      testing::SaveAsIncarnation((*server)->address(), "slurm-job", 2, 1);
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
-  (void)(*zombie)->Close();
+  EXPECT_NE(s.message().find("stale incarnation"), std::string::npos) << s;
   (*server)->Shutdown();
   (*cluster)->Stop();
   std::error_code ec;
