@@ -11,7 +11,7 @@
 // how the detector learns of a crash at once.
 //
 // When the coordinator answers that this rank is fenced (a newer incarnation
-// of the job runs), the heartbeat stops and fenced() turns true; the rank's
+// of the job runs), the heartbeat says so on stderr and stops; the rank's
 // checkpoint calls fail with FAILED_PRECONDITION too.
 //
 // Thread-safe.
@@ -60,7 +60,6 @@ class Heartbeater {
   void SetPhase(v1::RankPhase phase, int64_t step = -1);
   // Says goodbye (phase DONE) and ends the stream. Idempotent.
   void Stop();
-  bool fenced() const { return fenced_.load(); }
 
  private:
   void Loop();

@@ -80,6 +80,17 @@ class RecordingAdapter : public SchedulerAdapter {
   std::vector<std::string>* events_;
 };
 
+// What a launcher reports when a rank's process exits.
+v1::RankExited Exit(int64_t incarnation, int rank, v1::ExitClass cls,
+                    const std::string& description = "") {
+  v1::RankExited e;
+  e.set_incarnation(incarnation);
+  e.set_rank(rank);
+  e.set_exit_class(cls);
+  e.set_description(description);
+  return e;
+}
+
 class DetectorUnitTest : public ::testing::Test {
  protected:
   DetectorUnitTest() {
@@ -139,14 +150,7 @@ TEST_F(DetectorUnitTest, CrashFencesFirstThenRestartsAndLogsTheWholeTimeline) {
   // A new detector (a coordinator restart) continues the numbering.
   auto again = Make();
   for (int s = 7; s <= 9; ++s) BeatAll(*again, 2, s);
-  again->OnRankExited("j", [] {
-    v1::RankExited e;
-    e.set_incarnation(2);
-    e.set_rank(0);
-    e.set_exit_class(v1::EXIT_RESTART);
-    e.set_description("rank 0 killed by SIGKILL");
-    return e;
-  }());
+  again->OnRankExited("j", Exit(2, 0, v1::EXIT_RESTART, "rank 0 killed by SIGKILL"));
   again->TEST_Evaluate();
   const std::vector<v1::Incident> log2 = *again->Incidents("j");
   ASSERT_EQ(log2.size(), 2u);
@@ -174,14 +178,7 @@ TEST_F(DetectorUnitTest, RefusedRestartIsNotedAndRetriedWithoutAdvancingAgain) {
   auto d = Make();
   BeatAll(*d, 1, 1);
   adapter_->refuse = true;
-  d->OnRankExited("j", [] {
-    v1::RankExited e;
-    e.set_incarnation(1);
-    e.set_rank(0);
-    e.set_exit_class(v1::EXIT_RESTART);
-    e.set_description("rank 0 exited with code 1");
-    return e;
-  }());
+  d->OnRankExited("j", Exit(1, 0, v1::EXIT_RESTART, "rank 0 exited with code 1"));
   d->TEST_Evaluate();
   EXPECT_EQ(dir_.events, (std::vector<std::string>{"advance 2", "restart j 2"}));
   EXPECT_EQ((*d->Incidents("j"))[0].scheduler_error(), "scheduler down");
@@ -215,18 +212,9 @@ TEST_F(DetectorUnitTest, JobWithoutSchedulerIsLoggedButNeitherFencedNorRestarted
 TEST_F(DetectorUnitTest, DoNotRestartExitCancelsAndFinishedRanksAreNotFailures) {
   auto d = Make();
   BeatAll(*d, 1, 1);
-  v1::RankExited done;
-  done.set_incarnation(1);
-  done.set_rank(1);
-  done.set_exit_class(v1::EXIT_DONE);
-  d->OnStreamEnded("j", 1, 1, false);  // exit 0 without a goodbye...
-  d->OnRankExited("j", done);          // ...reported within the grace
-  v1::RankExited fatal;
-  fatal.set_incarnation(1);
-  fatal.set_rank(0);
-  fatal.set_exit_class(v1::EXIT_NO_RESTART);
-  fatal.set_description("rank 0 exited with code 78");
-  d->OnRankExited("j", fatal);
+  d->OnStreamEnded("j", 1, 1, false);               // exit 0 without a goodbye...
+  d->OnRankExited("j", Exit(1, 1, v1::EXIT_DONE));  // ...reported within the grace
+  d->OnRankExited("j", Exit(1, 0, v1::EXIT_NO_RESTART, "rank 0 exited with code 78"));
   clock_.Advance(absl::Seconds(1));
   d->TEST_Evaluate();
   EXPECT_EQ(dir_.events, (std::vector<std::string>{"cancel j"}));

@@ -3,7 +3,7 @@
 //
 //   local  the job runs under snapback-launch, which holds a stream to the
 //          coordinator; a restart is an order on that stream (the embedded
-//          default; server/launch_service.*).
+//          default; LocalAdapter in server/detector_service.cc).
 //   slurm  the job is a batch job submitted with `sbatch --requeue`; a restart
 //          is `scontrol requeue <id>`, cancel is `scancel <id>`, status is
 //          `scontrol show job <id>` (failure-detector/slurm_adapter.*).
