@@ -6,7 +6,7 @@
 #include "benchmark/benchmark.h"
 #include "common/codec.h"
 #include "common/hash.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
@@ -14,7 +14,7 @@ namespace {
 constexpr size_t kChunk = 4 << 20;
 
 const std::string& Weights() {
-  static const std::string w = storage::testing::MakeBytes(kChunk, 1, true);
+  static const std::string w = testing::MakeBytes(kChunk, 1, true);
   return w;
 }
 

@@ -69,10 +69,10 @@
 #include "absl/time/clock.h"
 #include "failure-detector/slurm_adapter.h"
 #include "server/server.h"
-#include "storage/test_util.h"
-#include "tests/job_harness.h"
-#include "tests/slurm_cluster.h"
-#include "tests/subprocess.h"
+#include "testing/test_util.h"
+#include "testing/job_harness.h"
+#include "testing/slurm_cluster.h"
+#include "testing/subprocess.h"
 
 namespace snapback {
 namespace {
@@ -367,7 +367,7 @@ KindResult RunLocal(const std::string& kind, int signal, int failures,
                     std::mt19937_64& rng) {
   KindResult out;
   out.kind = kind;
-  storage::testing::TempDir dir;
+  testing::TempDir dir;
   auto server = server::Server::Start(BenchServerOptions(dir.path() + "/node"));
   if (!server.ok()) {
     out.skipped = absl::StrCat("the server did not start: ", server.status().ToString());

@@ -22,7 +22,7 @@
 #include "common/malloc_tuning.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
@@ -38,7 +38,7 @@ void RunSize(const std::string& dir, uint64_t mib) {
   const uint64_t bytes = mib << 20;
   std::fprintf(stderr, "preparing %llu MiB of fp32 weights ...\n",
                static_cast<unsigned long long>(mib));
-  std::string weights = storage::testing::MakeBytes(bytes, mib, true);
+  std::string weights = testing::MakeBytes(bytes, mib, true);
 
   std::filesystem::remove_all(dir + "/node");
   server::ServerOptions so;

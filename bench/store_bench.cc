@@ -27,7 +27,7 @@
 #include "common/malloc_tuning.h"
 #include "storage/chunk_store.h"
 #include "storage/file_system.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::storage {
 namespace {

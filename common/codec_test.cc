@@ -7,7 +7,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
@@ -15,10 +15,10 @@ namespace {
 // Bytes that look like trained fp32 weights (compressible with
 // shuffle+zstd), and random bytes.
 std::string FloatLike(size_t n, uint32_t seed) {
-  return storage::testing::MakeBytes(n, seed, /*float_like=*/true);
+  return testing::MakeBytes(n, seed, /*float_like=*/true);
 }
 std::string RandomBytes(size_t n, uint32_t seed) {
-  return storage::testing::MakeBytes(n, seed, /*float_like=*/false);
+  return testing::MakeBytes(n, seed, /*float_like=*/false);
 }
 
 TEST(ByteShuffle, RoundTripsEveryWidthAndOddTails) {

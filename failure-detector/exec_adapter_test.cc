@@ -16,12 +16,12 @@
 #include "failure-detector/command.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::detector {
 namespace {
 
-using storage::testing::TempDir;
+using testing::TempDir;
 using ::testing::HasSubstr;
 
 std::string Slurp(const std::string& path) {

@@ -7,12 +7,12 @@
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::detector {
 namespace {
 
-using storage::testing::TempDir;
+using testing::TempDir;
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path);

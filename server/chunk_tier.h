@@ -20,7 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 #include "common/hash.h"
 #include "storage/chunk_store.h"
 

@@ -14,7 +14,7 @@
 #include "gtest/gtest.h"
 #include "server/chunk_tier.h"
 #include "storage/chunk_store.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::server {
 namespace {
@@ -138,13 +138,13 @@ class CoordinatorStoreTest : public ::testing::Test {
 
   // Stores a chunk of kChunkBytes made from `seed` and returns its id.
   ChunkId Upload(uint64_t seed) {
-    EncodedChunk chunk = storage::testing::MakeChunk(kChunkBytes, seed);
+    EncodedChunk chunk = testing::MakeChunk(kChunkBytes, seed);
     EXPECT_TRUE(chunks_->Put({chunk}).ok());
     return chunk.id;
   }
   // A chunk id that was never uploaded.
   ChunkId NotUploaded(uint64_t seed) {
-    return storage::testing::MakeChunk(kChunkBytes, seed).id;
+    return testing::MakeChunk(kChunkBytes, seed).id;
   }
   bool OnTier(const ChunkId& id) {
     auto has = chunks_->Has({id});
@@ -240,7 +240,7 @@ class CoordinatorStoreTest : public ::testing::Test {
     return steps;
   }
 
-  storage::testing::TempDir tmp_;
+  testing::TempDir tmp_;
   FakeClock clock_;
   CoordinatorOptions options_;
   std::unique_ptr<storage::ChunkStore> chunks_;

@@ -36,7 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 #include "failure-detector/detector.h"
 #include "server/chunk_tier.h"
 #include "server/coordinator_service.h"

@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec.h"
-#include "common/grpc_status.h"
+#include "rpc/grpc_status.h"
 #include "common/hash.h"
 
 namespace snapback::server {

@@ -14,7 +14,7 @@
 #include "gtest/gtest.h"
 #include "storage/chunk_store.h"
 #include "storage/fault_injection_fs.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::storage {
 namespace {

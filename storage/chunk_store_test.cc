@@ -8,7 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::storage {
 namespace {

@@ -12,8 +12,8 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "storage/test_util.h"
-#include "tests/subprocess.h"
+#include "testing/test_util.h"
+#include "testing/subprocess.h"
 
 namespace snapback {
 namespace {
@@ -58,7 +58,7 @@ class ClientProcessTest : public ::testing::Test {
     return latest.ok() ? *latest : std::nullopt;
   }
 
-  storage::testing::TempDir dir_;
+  testing::TempDir dir_;
   std::unique_ptr<server::Server> server_;
 };
 

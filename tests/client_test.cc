@@ -12,16 +12,16 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
 
-using storage::testing::MakeBytes;
-using storage::testing::TempDir;
+using testing::MakeBytes;
+using testing::TempDir;
 
 #define ASSERT_OK(expr)                          \
   do {                                           \

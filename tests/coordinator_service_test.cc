@@ -22,7 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 #include "common/hash.h"
 #include "gtest/gtest.h"
 #include "server/chunk_tier.h"
@@ -30,8 +30,8 @@
 #include "server/server.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 #include "storage/chunk_store.h"
-#include "storage/test_util.h"
-#include "tests/subprocess.h"
+#include "testing/test_util.h"
+#include "testing/subprocess.h"
 
 namespace snapback::server {
 namespace {
@@ -186,7 +186,7 @@ v1::BlobEntry Blob(const std::string& name, const EncodedChunk& chunk) {
 }
 
 EncodedChunk Chunk(uint64_t seed) {
-  return storage::testing::MakeChunk(kChunkBytes, seed);
+  return testing::MakeChunk(kChunkBytes, seed);
 }
 
 std::vector<ChunkId> Ids(const v1::RankManifest& m) {
@@ -270,7 +270,7 @@ class CoordinatorServiceTest : public ::testing::Test {
     return has.ok() && (*has)[0];
   }
 
-  storage::testing::TempDir tmp_;
+  testing::TempDir tmp_;
   std::unique_ptr<Server> server_;
   std::string endpoint_;
   std::unique_ptr<Coordinator> coordinator_;
@@ -416,7 +416,7 @@ TEST_F(CoordinatorServiceTest, DeleteChunksThroughTheStorageApi) {
 // role "storage" + role "coordinator" with --storage-endpoints: the
 // coordinator checks and deletes chunks on the node over gRPC.
 TEST(CoordinatorRoleTest, CoordinatorTalksToARemoteStorageNode) {
-  storage::testing::TempDir tmp;
+  testing::TempDir tmp;
   ServerOptions so;
   so.data_dir = tmp.path() + "/node";
   so.role = "storage";
@@ -648,7 +648,7 @@ TEST(CoordinatorProcessTest, SigkillMidCommitNeverLeavesAHalfCommittedCheckpoint
               static_cast<unsigned long long>(seed),
               static_cast<unsigned long long>(seed));
   std::mt19937_64 rng(seed);
-  storage::testing::TempDir tmp;
+  testing::TempDir tmp;
   const std::string data_dir = tmp.path() + "/data";
   const std::string ready = tmp.path() + "/ready";
   constexpr int kCycles = 8;

@@ -24,9 +24,9 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "storage/test_util.h"
-#include "tests/job_harness.h"
-#include "tests/subprocess.h"
+#include "testing/test_util.h"
+#include "testing/job_harness.h"
+#include "testing/subprocess.h"
 
 namespace snapback {
 namespace {
@@ -129,7 +129,7 @@ class DetectorTest : public ::testing::Test {
     }
   }
 
-  storage::testing::TempDir dir_;
+  testing::TempDir dir_;
   std::unique_ptr<server::Server> server_;
   std::string progress_;
 };

@@ -20,7 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "snapback/client.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace {
 
@@ -40,7 +40,7 @@ uint64_t ProcStatusKib(const char* field) {
 }
 
 std::string TensorBytes(int rank, int64_t step, uint64_t bytes) {
-  return snapback::storage::testing::MakeBytes(bytes, rank * 1000003ull + step, false);
+  return snapback::testing::MakeBytes(bytes, rank * 1000003ull + step, false);
 }
 
 }  // namespace

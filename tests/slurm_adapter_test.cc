@@ -19,13 +19,13 @@
 #include "failure-detector/command.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "storage/test_util.h"
-#include "tests/slurm_cluster.h"
+#include "testing/test_util.h"
+#include "testing/slurm_cluster.h"
 
 namespace snapback::detector {
 namespace {
 
-using storage::testing::TempDir;
+using testing::TempDir;
 using ::testing::HasSubstr;
 using testing::SlurmCluster;
 using S = SchedulerJobState;

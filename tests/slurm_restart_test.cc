@@ -22,10 +22,10 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "storage/test_util.h"
-#include "tests/job_harness.h"
-#include "tests/slurm_cluster.h"
-#include "tests/subprocess.h"
+#include "testing/test_util.h"
+#include "testing/job_harness.h"
+#include "testing/slurm_cluster.h"
+#include "testing/subprocess.h"
 
 namespace snapback {
 namespace {

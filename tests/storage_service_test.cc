@@ -19,12 +19,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 #include "common/codec.h"
 #include "common/hash.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 namespace snapback::server {
 namespace {
@@ -173,7 +173,7 @@ class StorageServiceTest : public ::testing::Test {
     EXPECT_FALSE((*has)[0]);
   }
 
-  storage::testing::TempDir tmp_;
+  testing::TempDir tmp_;
   std::string data_dir_;
   std::unique_ptr<Server> server_;
 };
@@ -254,7 +254,7 @@ TEST_F(StorageServiceTest, StreamsOneGiBAndReadsItBackExactly) {
 TEST_F(StorageServiceTest, RoundTripsEveryCodecAndMultiFrameChunks) {
   std::vector<std::string> raws = {
       RandomBytes(1 << 20, 1), std::string(3 << 20, 'z'),
-      storage::testing::MakeBytes(1 << 20, 3, /*float_like=*/true), std::string(),
+      testing::MakeBytes(1 << 20, 3, /*float_like=*/true), std::string(),
       RandomBytes(9 << 20, 5)};  // 9 MiB: three 4 MiB frames
   std::vector<EncodedChunk> chunks = {Encode(raws[0]), Encode(raws[1], Codec::kZstd),
                                       Encode(raws[2], Codec::kShuffleZstd, 4),
@@ -636,7 +636,7 @@ TEST_F(StorageServiceTlsTest, MutualTlsRequiresAClientCertificate) {
 }
 
 TEST(ServerStartTest, PlaintextOnlyOnLoopback) {
-  storage::testing::TempDir tmp;
+  testing::TempDir tmp;
   ServerOptions options;
   options.data_dir = tmp.path() + "/never-created";
   options.listen = "0.0.0.0:0";
@@ -672,7 +672,7 @@ TEST_F(StorageServiceTest, RestartedServerServesAcknowledgedChunks) {
   std::vector<EncodedChunk> chunks;
   for (int i = 0; i < 32; ++i) {
     raws.push_back(i % 2 ? RandomBytes(1 << 20, 100 + i)
-                         : storage::testing::MakeBytes(1 << 20, 100 + i, true));
+                         : testing::MakeBytes(1 << 20, 100 + i, true));
     chunks.push_back(i % 2 ? Encode(raws.back())
                            : Encode(raws.back(), Codec::kShuffleZstd, 4));
   }

@@ -29,7 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 #include "common/codec.h"
 #include "common/hash.h"
 

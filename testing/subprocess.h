@@ -1,8 +1,8 @@
 // A child process for multi-process tests: started with fork+exec, stdout
 // captured through a pipe and read line by line with deadlines, killed for
 // real (SIGKILL) when a test says so.
-#ifndef SNAPBACK_TESTS_SUBPROCESS_H_
-#define SNAPBACK_TESTS_SUBPROCESS_H_
+#ifndef SNAPBACK_TESTING_SUBPROCESS_H_
+#define SNAPBACK_TESTING_SUBPROCESS_H_
 
 #include <sys/types.h>
 
@@ -49,4 +49,4 @@ class Subprocess {
 
 }  // namespace snapback::testing
 
-#endif  // SNAPBACK_TESTS_SUBPROCESS_H_
+#endif  // SNAPBACK_TESTING_SUBPROCESS_H_

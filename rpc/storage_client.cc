@@ -1,4 +1,4 @@
-#include "client/storage_client.h"
+#include "rpc/storage_client.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/grpc_status.h"
+#include "rpc/grpc_status.h"
 #include "common/status_macros.h"
 
 namespace snapback::internal_client {

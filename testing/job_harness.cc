@@ -1,4 +1,4 @@
-#include "tests/job_harness.h"
+#include "testing/job_harness.h"
 
 #include <signal.h>
 

@@ -5,8 +5,8 @@
 // picks the pid of a rank to kill or freeze.
 //
 // Used by tests/detector_test.cc and bench/recovery_bench.cc.
-#ifndef SNAPBACK_TESTS_JOB_HARNESS_H_
-#define SNAPBACK_TESTS_JOB_HARNESS_H_
+#ifndef SNAPBACK_TESTING_JOB_HARNESS_H_
+#define SNAPBACK_TESTING_JOB_HARNESS_H_
 
 #include <sys/types.h>
 
@@ -20,7 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "tests/subprocess.h"
+#include "testing/subprocess.h"
 
 namespace snapback::testing {
 
@@ -87,4 +87,4 @@ absl::Status SaveAsIncarnation(const std::string& endpoint, const std::string& j
 
 }  // namespace snapback::testing
 
-#endif  // SNAPBACK_TESTS_JOB_HARNESS_H_
+#endif  // SNAPBACK_TESTING_JOB_HARNESS_H_

@@ -1,4 +1,4 @@
-#include "tests/slurm_cluster.h"
+#include "testing/slurm_cluster.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -10,8 +10,8 @@
 // Not part of the public API (client/include/snapback/ is); the checkpoint
 // client builds on it. Thread-safe: one StorageClient may serve many threads,
 // each call uses its own gRPC stream over the shared channel.
-#ifndef SNAPBACK_CLIENT_STORAGE_CLIENT_H_
-#define SNAPBACK_CLIENT_STORAGE_CLIENT_H_
+#ifndef SNAPBACK_RPC_STORAGE_CLIENT_H_
+#define SNAPBACK_RPC_STORAGE_CLIENT_H_
 
 #include <cstdint>
 #include <memory>
@@ -127,4 +127,4 @@ class StorageClient {
 
 }  // namespace snapback::internal_client
 
-#endif  // SNAPBACK_CLIENT_STORAGE_CLIENT_H_
+#endif  // SNAPBACK_RPC_STORAGE_CLIENT_H_

@@ -1,6 +1,6 @@
 // The one place that converts between absl::Status and grpc::Status.
-#ifndef SNAPBACK_COMMON_GRPC_STATUS_H_
-#define SNAPBACK_COMMON_GRPC_STATUS_H_
+#ifndef SNAPBACK_RPC_GRPC_STATUS_H_
+#define SNAPBACK_RPC_GRPC_STATUS_H_
 
 #include <grpcpp/support/status.h>
 
@@ -14,4 +14,4 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace snapback
 
-#endif  // SNAPBACK_COMMON_GRPC_STATUS_H_
+#endif  // SNAPBACK_RPC_GRPC_STATUS_H_

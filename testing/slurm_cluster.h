@@ -32,8 +32,8 @@
 // environment), then munged.
 //
 // Not thread-safe: one owner; the const methods may run in parallel.
-#ifndef SNAPBACK_TESTS_SLURM_CLUSTER_H_
-#define SNAPBACK_TESTS_SLURM_CLUSTER_H_
+#ifndef SNAPBACK_TESTING_SLURM_CLUSTER_H_
+#define SNAPBACK_TESTING_SLURM_CLUSTER_H_
 
 #include <sys/types.h>
 
@@ -124,4 +124,4 @@ class SlurmCluster {
 
 }  // namespace snapback::testing
 
-#endif  // SNAPBACK_TESTS_SLURM_CLUSTER_H_
+#endif  // SNAPBACK_TESTING_SLURM_CLUSTER_H_

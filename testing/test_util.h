@@ -1,6 +1,6 @@
 // Helpers shared by the storage tests: temporary directories and chunks.
-#ifndef SNAPBACK_STORAGE_TEST_UTIL_H_
-#define SNAPBACK_STORAGE_TEST_UTIL_H_
+#ifndef SNAPBACK_TESTING_TEST_UTIL_H_
+#define SNAPBACK_TESTING_TEST_UTIL_H_
 
 #include <cstdint>
 #include <random>
@@ -8,7 +8,7 @@
 
 #include "common/codec.h"
 
-namespace snapback::storage::testing {
+namespace snapback::testing {
 
 // A fresh directory under $TEST_TMPDIR or /tmp, removed by the destructor.
 class TempDir {
@@ -32,6 +32,6 @@ EncodedChunk MakeChunk(size_t n, uint64_t seed, bool float_like = false,
 // Total size of the regular files under `dir`.
 uint64_t DiskUsage(const std::string& dir);
 
-}  // namespace snapback::storage::testing
+}  // namespace snapback::testing
 
-#endif  // SNAPBACK_STORAGE_TEST_UTIL_H_
+#endif  // SNAPBACK_TESTING_TEST_UTIL_H_

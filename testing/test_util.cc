@@ -1,10 +1,10 @@
-#include "storage/test_util.h"
+#include "testing/test_util.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
-namespace snapback::storage::testing {
+namespace snapback::testing {
 
 TempDir::TempDir() {
   const char* base = std::getenv("TEST_TMPDIR");
@@ -55,4 +55,4 @@ uint64_t DiskUsage(const std::string& dir) {
   return total;
 }
 
-}  // namespace snapback::storage::testing
+}  // namespace snapback::testing
