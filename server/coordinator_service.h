@@ -27,7 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/thread_pool.h"
-#include "server/coordinator_store.h"
+#include "coordinator/coordinator_store.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 
 namespace snapback::server {
@@ -36,7 +36,7 @@ class CoordinatorServiceImpl final
     : public snapback::v1::CoordinatorService::CallbackService {
  public:
   // Neither pointer is owned.
-  CoordinatorServiceImpl(CoordinatorStore* store, ThreadPool* pool)
+  CoordinatorServiceImpl(coordinator::CoordinatorStore* store, ThreadPool* pool)
       : store_(store), pool_(pool) {}
   // Must not run while calls are alive (see WaitIdle).
   ~CoordinatorServiceImpl() override = default;
@@ -108,7 +108,7 @@ class CoordinatorServiceImpl final
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, absl::string_view rpc,
                                 std::function<absl::Status()> work);
 
-  CoordinatorStore* const store_;
+  coordinator::CoordinatorStore* const store_;
   ThreadPool* const pool_;
   std::function<void(const std::string&, int64_t)> on_commit_;
   absl::Mutex mu_;

@@ -325,7 +325,8 @@ class LocalAdapter final : public detector::SchedulerAdapter {
 };
 
 DetectorServiceImpl::DetectorServiceImpl(detector::Detector* detector,
-                                         CoordinatorStore* store, ThreadPool* pool)
+                                         coordinator::CoordinatorStore* store,
+                                         ThreadPool* pool)
     : detector_(detector),
       store_(store),
       pool_(pool),

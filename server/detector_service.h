@@ -28,9 +28,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/thread_pool.h"
+#include "coordinator/coordinator_store.h"
 #include "failure-detector/detector.h"
 #include "failure-detector/scheduler.h"
-#include "server/coordinator_store.h"
 #include "snapback/v1/detector.grpc.pb.h"
 
 namespace snapback::server {
@@ -38,7 +38,7 @@ namespace snapback::server {
 // The Detector's view of the coordinator's metadata.
 class StoreJobDirectory final : public detector::JobDirectory {
  public:
-  explicit StoreJobDirectory(CoordinatorStore* store) : store_(store) {}
+  explicit StoreJobDirectory(coordinator::CoordinatorStore* store) : store_(store) {}
   absl::StatusOr<v1::JobInfo> DescribeJob(const std::string& job_id) override {
     return store_->DescribeJob(job_id);
   }
@@ -55,12 +55,12 @@ class StoreJobDirectory final : public detector::JobDirectory {
   }
 
  private:
-  CoordinatorStore* const store_;
+  coordinator::CoordinatorStore* const store_;
 };
 
 class DetectorServiceImpl final : public v1::DetectorService::CallbackService {
  public:
-  DetectorServiceImpl(detector::Detector* detector, CoordinatorStore* store,
+  DetectorServiceImpl(detector::Detector* detector, coordinator::CoordinatorStore* store,
                       ThreadPool* pool);
   ~DetectorServiceImpl() override;
 
@@ -103,7 +103,7 @@ class DetectorServiceImpl final : public v1::DetectorService::CallbackService {
   void ClearLauncher(const std::string& job_id, LaunchStream* s);
 
   detector::Detector* const detector_;
-  CoordinatorStore* const store_;
+  coordinator::CoordinatorStore* const store_;
   ThreadPool* const pool_;
   std::shared_ptr<detector::SchedulerAdapter> local_;
 

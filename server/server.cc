@@ -139,7 +139,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     return absl::InvalidArgumentError("empty listen address; use HOST:PORT");
   }
   SNAPBACK_RETURN_IF_ERROR(ValidateLimits(options.limits));
-  SNAPBACK_RETURN_IF_ERROR(ValidateCoordinatorOptions(options.coordinator));
+  SNAPBACK_RETURN_IF_ERROR(coordinator::ValidateCoordinatorOptions(options.coordinator));
   if (options.gc_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("gc_interval must not be negative");
   }
@@ -151,20 +151,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   server->role_ = role;
   if (role == "coordinator") {
     SNAPBACK_ASSIGN_OR_RETURN(
-        server->tier_,
-        RemoteChunkTier::Connect(options.storage_endpoints, options.storage_client));
+        server->tier_, coordinator::RemoteChunkTier::Connect(options.storage_endpoints,
+                                                             options.storage_client));
   } else {
     options.store.verify_on_put = false;  // the service verifies; see ServerOptions
     SNAPBACK_ASSIGN_OR_RETURN(server->store_,
                               storage::ChunkStore::Open(options.data_dir, options.store));
     server->io_mode_ = server->store_->Stats().io_mode;
-    server->tier_ = std::make_unique<LocalChunkTier>(server->store_.get());
+    server->tier_ = std::make_unique<coordinator::LocalChunkTier>(server->store_.get());
   }
   if (run_coordinator) {
     SNAPBACK_ASSIGN_OR_RETURN(
         server->coordinator_store_,
-        CoordinatorStore::Open(options.data_dir + "/meta", server->tier_.get(),
-                               options.coordinator));
+        coordinator::CoordinatorStore::Open(options.data_dir + "/meta",
+                                            server->tier_.get(), options.coordinator));
     server->coordinator_pool_ =
         std::make_unique<ThreadPool>(std::max(1, options.coordinator_threads));
     server->coordinator_service_ = std::make_unique<CoordinatorServiceImpl>(

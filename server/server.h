@@ -36,11 +36,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "coordinator/chunk_tier.h"
+#include "coordinator/coordinator_store.h"
 #include "rpc/storage_client.h"
 #include "failure-detector/detector.h"
-#include "server/chunk_tier.h"
 #include "server/coordinator_service.h"
-#include "server/coordinator_store.h"
 #include "server/detector_service.h"
 #include "server/storage_service.h"
 #include "storage/chunk_store.h"
@@ -74,8 +74,8 @@ struct ServerOptions {
   internal_client::StorageClientOptions storage_client;
   // The coordinator's metadata engine: lease, GC grace, default retention,
   // manifest limits. Its `recovery` should match store.index_recovery.
-  // Default: see CoordinatorOptions
-  CoordinatorOptions coordinator;
+  // Default: see coordinator::CoordinatorOptions
+  coordinator::CoordinatorOptions coordinator;
   // How often the coordinator runs CollectGarbage on its own (retention,
   // lease expiry, chunk deletion); zero = only when asked over gRPC.
   // Default: 5 min
@@ -162,7 +162,9 @@ class Server {
   CoordinatorServiceImpl* TEST_coordinator_service() {
     return coordinator_service_.get();
   }
-  CoordinatorStore* TEST_coordinator_store() { return coordinator_store_.get(); }
+  coordinator::CoordinatorStore* TEST_coordinator_store() {
+    return coordinator_store_.get();
+  }
   detector::Detector* TEST_detector() { return detector_.get(); }
 
  private:
@@ -174,8 +176,8 @@ class Server {
   // metadata engine before the tier it calls, the tier before the chunk
   // store it wraps.
   std::unique_ptr<storage::ChunkStore> store_;
-  std::unique_ptr<ChunkTier> tier_;
-  std::unique_ptr<CoordinatorStore> coordinator_store_;
+  std::unique_ptr<coordinator::ChunkTier> tier_;
+  std::unique_ptr<coordinator::CoordinatorStore> coordinator_store_;
   std::unique_ptr<ThreadPool> verify_pool_;
   std::unique_ptr<ThreadPool> io_pool_;
   std::unique_ptr<ThreadPool> coordinator_pool_;

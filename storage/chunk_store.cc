@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/rocksdb_util.h"
 #include "common/status_macros.h"
 #include "storage/record.h"
 
@@ -26,22 +27,12 @@ namespace snapback::storage {
 namespace {
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  std::string msg = absl::StrCat("index ", what, ": ", s.ToString());
-  if (s.IsCorruption()) {
-    return absl::DataLossError(absl::StrCat(
-        msg,
-        "; the chunk index is corrupt: restore this node's data dir from a replica"));
-  }
-  if (s.IsNoSpace()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(msg, "; free space on the data volume"));
-  }
-  if (s.IsIOError()) return absl::UnavailableError(msg);
-  return absl::InternalError(msg);
+  static constexpr internal_rocksdb::DbLabel kIndex = {
+      "index", "the chunk index is corrupt: restore this node's data dir from a replica"};
+  return internal_rocksdb::FromRocks(s, what, kIndex);
 }
 
-absl::string_view View(const rocksdb::Slice& s) { return {s.data(), s.size()}; }
+using internal_rocksdb::View;
 
 std::string SegmentName(uint64_t id) {
   char buf[32];

@@ -24,9 +24,9 @@
 #include "absl/time/time.h"
 #include "rpc/storage_client.h"
 #include "common/hash.h"
+#include "coordinator/chunk_tier.h"
+#include "coordinator/coordinator_store.h"
 #include "gtest/gtest.h"
-#include "server/chunk_tier.h"
-#include "server/coordinator_store.h"
 #include "server/server.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 #include "storage/chunk_store.h"
@@ -625,8 +625,8 @@ void CheckDataDirOffline(const std::string& data_dir) {
   so.background_compaction = false;
   auto chunks = storage::ChunkStore::Open(data_dir, so);
   ASSERT_TRUE(chunks.ok()) << chunks.status();
-  LocalChunkTier tier(chunks->get());
-  auto store = CoordinatorStore::Open(data_dir + "/meta", &tier);
+  coordinator::LocalChunkTier tier(chunks->get());
+  auto store = coordinator::CoordinatorStore::Open(data_dir + "/meta", &tier);
   ASSERT_TRUE(store.ok()) << store.status();
   auto report = (*store)->CheckConsistency(/*check_tier=*/true);
   ASSERT_TRUE(report.ok()) << report.status();

@@ -1,4 +1,4 @@
-#include "server/chunk_tier.h"
+#include "coordinator/chunk_tier.h"
 
 #include <utility>
 
@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
-namespace snapback::server {
+namespace snapback::coordinator {
 
 absl::StatusOr<std::vector<bool>> LocalChunkTier::Has(absl::Span<const ChunkId> ids) {
   return store_->Has(ids);
@@ -62,4 +62,4 @@ absl::StatusOr<uint64_t> RemoteChunkTier::Delete(absl::Span<const ChunkId> ids) 
   return deleted;
 }
 
-}  // namespace snapback::server
+}  // namespace snapback::coordinator

@@ -40,11 +40,31 @@
 // Thread-safety: thread-safe. Mutations are serialized by one writer lock;
 // reads take it shared. Tier calls (ClaimChunks' and CommitRank's presence
 // checks) run without the lock, except GC deletions, which must hold it.
-#ifndef SNAPBACK_SERVER_COORDINATOR_STORE_H_
-#define SNAPBACK_SERVER_COORDINATOR_STORE_H_
+//
+// Where the code is. The store is one class whose methods are defined by
+// responsibility across coordinator/ (as RocksDB's DBImpl is):
+//   coordinator_store.cc  Open, recovery of the in-memory claims, loaders
+//   jobs.cc               jobs, incidents, incarnation fencing
+//   commit.cc             the write path: Begin, Claim, CommitRank, Abort
+//   checkpoints.cc        the read path and operator calls; abort/delete
+//   gc.cc                 retention, lease expiry, chunk deletion
+//   consistency.cc        CheckConsistency
+//   txn.{h,cc}            Txn: one synced WriteBatch + in-memory changes
+//   keys.{h,cc}           the key layout and value encodings
+//   manifest_validation.{h,cc}  request checks that need no stored state
+//   options.{h,cc}        CoordinatorOptions
+//   chunk_tier.{h,cc}     the storage tier as the coordinator sees it
+// The distributed tier adds its parts beside these: the node map (storage
+// nodes, their liveness and capacity) in node_map.{h,cc}, chunk placement
+// (rendezvous hashing over live nodes, R > 1) in placement.{h,cc} behind
+// ChunkTier, and repair planning (re-replicating chunks of lost nodes) in
+// repair.{h,cc}, driven from the GC loop's schedule.
+#ifndef SNAPBACK_COORDINATOR_COORDINATOR_STORE_H_
+#define SNAPBACK_COORDINATOR_COORDINATOR_STORE_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,7 +77,8 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/hash.h"
-#include "server/chunk_tier.h"
+#include "coordinator/chunk_tier.h"
+#include "coordinator/options.h"
 #include "snapback/v1/coordinator.pb.h"
 #include "snapback/v1/detector.pb.h"
 #include "storage/chunk_store.h"
@@ -67,51 +88,9 @@ class DB;
 class WriteBatch;
 }  // namespace rocksdb
 
-namespace snapback::server {
+namespace snapback::coordinator {
 
-struct CoordinatorOptions {
-  // Source of "now" for leases, grace periods and timestamps. Not owned;
-  // must outlive the store. nullptr = RealClock().
-  // Default: nullptr
-  Clock* clock = nullptr;
-  // A WRITING checkpoint with no BeginCheckpoint/ClaimChunks/CommitRank for
-  // this long is aborted by CollectGarbage (its claims are released). Also:
-  // how long an ABORTED checkpoint is remembered before GC forgets it.
-  // Default: 30 min
-  absl::Duration checkpoint_lease = absl::Minutes(30);
-  // A chunk is deleted from the tier only after it has had no reference and
-  // no claim for this long.
-  // Default: 10 min
-  absl::Duration gc_grace = absl::Minutes(10);
-  // keep_last for jobs registered without a retention policy.
-  // Default: 3
-  uint32_t default_keep_last = 3;
-  // Largest serialized rank manifest CommitRank accepts. The server raises
-  // gRPC's max receive message size to fit it.
-  // Default: 64 MiB
-  uint64_t max_manifest_bytes = 64ull << 20;
-  // Most entries (tensors + blobs) in one rank manifest.
-  // Default: 100000
-  int max_manifest_entries = 100000;
-  // Largest chunk a manifest may name (raw bytes); never above
-  // kMaxChunkRawBytes.
-  // Default: 16 MiB
-  uint32_t max_chunk_bytes = 16u << 20;
-  // Most ids in one ClaimChunks call.
-  // Default: 100000
-  int max_claim_ids = 100000;
-  // Chunks GC deletes per batch (one tier delete + one metadata write while
-  // holding the writer lock); bounds how long GC blocks other calls.
-  // Default: 1024
-  int gc_batch_chunks = 1024;
-  // WAL recovery of the metadata database; see storage::IndexRecovery. Only
-  // after a power cut may an operator choose kDropTornTail, for one restart.
-  // Default: kStrict
-  storage::IndexRecovery recovery = storage::IndexRecovery::kStrict;
-};
-
-// Checks that the options are usable. INVALID_ARGUMENT saying which is not.
-absl::Status ValidateCoordinatorOptions(const CoordinatorOptions& options);
+// CoordinatorOptions and ValidateCoordinatorOptions() are in options.h.
 
 // What CheckConsistency() found.
 struct ConsistencyReport {
@@ -229,12 +208,14 @@ class CoordinatorStore {
   absl::Status ReleaseClaimsInTxn(Txn* txn, absl::string_view job_id, int64_t step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // CommitRank's checks of the checkpoint state, done before and again
-  // after the unlocked tier check. Sets *replay when the rank already
-  // committed this exact manifest.
+  // CommitRank's checks of the checkpoint state, done in every critical
+  // section of the commit (the tier is checked between them, unlocked).
+  // When the rank already committed this exact manifest (a retry after a
+  // lost response), sets *replay to the response to return.
   absl::Status PrepareCommit(const v1::CommitRankRequest& req,
                              const std::string& manifest_bytes, v1::JobInfo* job,
-                             v1::CheckpointInfo* ckpt, bool* replay)
+                             v1::CheckpointInfo* ckpt,
+                             std::optional<v1::CommitRankResponse>* replay)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Validates the shards against the other ranks' and writes the commit
   // (the global commit when it is the last rank). `ids` are the manifest's
@@ -266,6 +247,6 @@ class CoordinatorStore {
   uint64_t gc_generation_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-}  // namespace snapback::server
+}  // namespace snapback::coordinator
 
-#endif  // SNAPBACK_SERVER_COORDINATOR_STORE_H_
+#endif  // SNAPBACK_COORDINATOR_COORDINATOR_STORE_H_

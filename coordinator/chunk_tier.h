@@ -11,8 +11,8 @@
 // Replication is 1 for now: a chunk is durable when at least one node has
 // it, and a delete goes to every node. Placement (rendezvous hashing over
 // live nodes) and R > 1 replace this when node registration exists.
-#ifndef SNAPBACK_SERVER_CHUNK_TIER_H_
-#define SNAPBACK_SERVER_CHUNK_TIER_H_
+#ifndef SNAPBACK_COORDINATOR_CHUNK_TIER_H_
+#define SNAPBACK_COORDINATOR_CHUNK_TIER_H_
 
 #include <memory>
 #include <string>
@@ -20,11 +20,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "rpc/storage_client.h"
 #include "common/hash.h"
+#include "rpc/storage_client.h"
 #include "storage/chunk_store.h"
 
-namespace snapback::server {
+namespace snapback::coordinator {
 
 // Thread-safe: every implementation may be called from many threads at once.
 class ChunkTier {
@@ -87,6 +87,6 @@ class RemoteChunkTier final : public ChunkTier {
   const std::vector<std::unique_ptr<internal_client::StorageClient>> clients_;
 };
 
-}  // namespace snapback::server
+}  // namespace snapback::coordinator
 
-#endif  // SNAPBACK_SERVER_CHUNK_TIER_H_
+#endif  // SNAPBACK_COORDINATOR_CHUNK_TIER_H_

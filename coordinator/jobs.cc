@@ -1,0 +1,162 @@
+// CoordinatorStore: jobs, the failure detector's incidents, and incarnation
+// fencing.
+#include <rocksdb/db.h>
+#include <rocksdb/iterator.h>
+#include <rocksdb/options.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "coordinator/coordinator_store.h"
+#include "coordinator/keys.h"
+#include "coordinator/manifest_validation.h"
+#include "coordinator/txn.h"
+
+namespace snapback::coordinator {
+
+using internal::FromRocks, internal::IncidentPrefix, internal::JobKey, internal::PutBE,
+    internal::Quote, internal::Sl, internal::ValidJobId, internal::ValidWorldSize;
+using v1::CheckpointInfo;
+using v1::JobInfo;
+
+absl::StatusOr<v1::RegisterJobResponse> CoordinatorStore::RegisterJob(
+    const v1::RegisterJobRequest& req) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(req.job_id()));
+  SNAPBACK_RETURN_IF_ERROR(ValidWorldSize(req.world_size()));
+  absl::MutexLock lock(&mu_);
+  v1::RegisterJobResponse out;
+  absl::StatusOr<JobInfo> existing = LoadJob(req.job_id());
+  if (existing.ok()) {
+    if (existing->world_size() != req.world_size()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", req.job_id(), " exists with world_size ", existing->world_size(),
+          ", not ", req.world_size(),
+          "; a job's world size never changes: register a new job id (resharding "
+          "happens when restoring)"));
+    }
+    if (!req.scheduler().empty() &&
+        (req.scheduler() != existing->scheduler() ||
+         req.scheduler_job_id() != existing->scheduler_job_id())) {
+      // The job now runs under another launcher or scheduler job: the
+      // detector must restart it through that one.
+      existing->set_scheduler(req.scheduler());
+      existing->set_scheduler_job_id(req.scheduler_job_id());
+      Txn txn(this);
+      txn.batch.Put(JobKey(existing->job_id()), existing->SerializeAsString());
+      SNAPBACK_RETURN_IF_ERROR(txn.Write());
+    }
+    *out.mutable_job() = *std::move(existing);
+    out.set_created(false);
+    return out;
+  }
+  if (!absl::IsNotFound(existing.status())) return existing.status();
+
+  JobInfo job;
+  job.set_job_id(req.job_id());
+  job.set_world_size(req.world_size());
+  if (req.has_retention()) {
+    *job.mutable_retention() = req.retention();
+  } else {
+    job.mutable_retention()->set_keep_last(options_.default_keep_last);
+  }
+  job.set_incarnation(0);
+  job.set_restore_target(-1);
+  job.set_latest_committed(-1);
+  job.set_scheduler(req.scheduler());
+  job.set_scheduler_job_id(req.scheduler_job_id());
+  Txn txn(this);
+  txn.batch.Put(JobKey(job.job_id()), job.SerializeAsString());
+  SNAPBACK_RETURN_IF_ERROR(txn.Write());
+  *out.mutable_job() = std::move(job);
+  out.set_created(true);
+  return out;
+}
+
+absl::StatusOr<JobInfo> CoordinatorStore::DescribeJob(absl::string_view job_id) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  absl::ReaderMutexLock lock(&mu_);
+  return LoadJob(job_id);
+}
+
+absl::StatusOr<JobInfo> CoordinatorStore::AdvanceIncarnation(absl::string_view job_id,
+                                                             int64_t at_least) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  absl::MutexLock lock(&mu_);
+  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(job_id));
+  v1::RankRef ref;
+  ref.set_job_id(std::string(job_id));
+  ref.set_incarnation(std::max<int64_t>(job.incarnation() + 1, at_least));
+  SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
+  return job;
+}
+
+absl::Status CoordinatorStore::PutIncident(const v1::Incident& incident) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(incident.job_id()));
+  if (incident.seq() < 0) return absl::InvalidArgumentError("incident seq must be >= 0");
+  std::string key = IncidentPrefix(incident.job_id());
+  PutBE(&key, static_cast<uint64_t>(incident.seq()), 8);
+  absl::MutexLock lock(&mu_);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db_->Put(wo, Sl(key), incident.SerializeAsString()), "write incident");
+}
+
+absl::StatusOr<std::vector<v1::Incident>> CoordinatorStore::ListIncidents(
+    absl::string_view job_id) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  absl::ReaderMutexLock lock(&mu_);
+  const std::string prefix = IncidentPrefix(job_id);
+  std::vector<v1::Incident> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    v1::Incident incident;
+    if (!incident.ParseFromArray(it->value().data(),
+                                 static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(
+          absl::StrCat("malformed incident record of job ", Quote(job_id)));
+    }
+    out.push_back(std::move(incident));
+  }
+  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan incidents"));
+  return out;
+}
+
+absl::StatusOr<v1::ListJobsResponse> CoordinatorStore::ListJobs() {
+  absl::ReaderMutexLock lock(&mu_);
+  SNAPBACK_ASSIGN_OR_RETURN(std::vector<JobInfo> jobs, LoadJobs());
+  v1::ListJobsResponse out;
+  for (JobInfo& job : jobs) *out.add_jobs() = std::move(job);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Fencing (abort and delete: checkpoints.cc).
+
+absl::Status CoordinatorStore::Fence(const v1::RankRef& ref, JobInfo* job) {
+  if (ref.incarnation() < job->incarnation()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "stale incarnation ", ref.incarnation(), "; the job is at incarnation ",
+        job->incarnation(), ": this process belongs to a previous run and must exit"));
+  }
+  if (ref.incarnation() == job->incarnation()) return absl::OkStatus();
+  // A newer run of the job: its predecessor's unfinished checkpoints can
+  // never complete (their ranks are gone or fenced), so release their claims
+  // now rather than one lease later.
+  Txn txn(this);
+  job->set_incarnation(ref.incarnation());
+  SNAPBACK_ASSIGN_OR_RETURN(std::vector<CheckpointInfo> ckpts,
+                            LoadCheckpoints(job->job_id()));
+  for (CheckpointInfo& ckpt : ckpts) {
+    if (ckpt.state() == v1::WRITING && ckpt.incarnation() < ref.incarnation()) {
+      SNAPBACK_RETURN_IF_ERROR(
+          AbortInTxn(&txn, std::move(ckpt),
+                     absl::StrCat("superseded by incarnation ", ref.incarnation())));
+    }
+  }
+  txn.batch.Put(JobKey(job->job_id()), job->SerializeAsString());
+  return txn.Write();
+}
+
+}  // namespace snapback::coordinator
