@@ -59,6 +59,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -67,12 +68,18 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/flags.h"
 #include "failure-detector/slurm_adapter.h"
 #include "server/server.h"
-#include "testing/test_util.h"
 #include "testing/job_harness.h"
 #include "testing/slurm_cluster.h"
 #include "testing/subprocess.h"
+#include "testing/test_util.h"
+
+ABSL_FLAG(std::string, kinds, "local-crash,local-freeze,slurm-crash",
+          "failure kinds, comma-separated");
+ABSL_FLAG(int, failures, 20, "failures per kind");
+ABSL_FLAG(uint64_t, seed, 0, "random seed (0: a fresh one, printed)");
 
 namespace snapback {
 namespace {
@@ -107,38 +114,27 @@ struct Flags {
   uint64_t seed = std::random_device{}();
 };
 
-[[noreturn]] void Usage(const std::string& why) {
-  std::fprintf(stderr,
-               "recovery_bench: %s\n"
-               "usage: recovery_bench [--kinds local-crash,local-freeze,slurm-crash]\n"
-               "                      [--failures N] [--seed N]\n",
-               why.c_str());
-  std::exit(2);
-}
+constexpr char kUsage[] =
+    "usage: recovery_bench [--kinds local-crash,local-freeze,slurm-crash] [--failures "
+    "N]\n"
+    "                      [--seed N]\n"
+    "\n"
+    "Measures MTTD and MTTR over real failures (SIGKILL, SIGSTOP, Slurm requeue).";
+
+[[noreturn]] void Usage(const std::string& why) { ExitBadFlag("recovery_bench", why); }
 
 Flags ParseFlags(int argc, char** argv) {
+  ParseCommandLineOrExit(argc, argv, "recovery_bench", kUsage, __FILE__);
   Flags f;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") Usage("measures MTTD and MTTR");
-    if (i + 1 >= argc) Usage(absl::StrCat("missing value for ", a));
-    const std::string v = argv[++i];
-    if (a == "--kinds") {
-      f.kinds = absl::StrSplit(v, ',', absl::SkipEmpty());
-      for (const std::string& k : f.kinds) {
-        if (std::find(std::begin(kAllKinds), std::end(kAllKinds), k) ==
-            std::end(kAllKinds)) {
-          Usage(absl::StrCat("unknown kind ", k));
-        }
-      }
-    } else if (a == "--failures") {
-      if (!absl::SimpleAtoi(v, &f.failures) || f.failures < 1) Usage("bad --failures");
-    } else if (a == "--seed") {
-      if (!absl::SimpleAtoi(v, &f.seed)) Usage("bad --seed");
-    } else {
-      Usage(absl::StrCat("unknown flag ", a));
+  f.kinds = absl::StrSplit(absl::GetFlag(FLAGS_kinds), ',', absl::SkipEmpty());
+  for (const std::string& k : f.kinds) {
+    if (std::find(std::begin(kAllKinds), std::end(kAllKinds), k) == std::end(kAllKinds)) {
+      Usage(absl::StrCat("unknown kind ", k));
     }
   }
+  f.failures = absl::GetFlag(FLAGS_failures);
+  if (f.failures < 1) Usage("bad --failures");
+  if (absl::GetFlag(FLAGS_seed) != 0) f.seed = absl::GetFlag(FLAGS_seed);
   return f;
 }
 

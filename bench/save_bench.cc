@@ -15,17 +15,28 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "bench/raw_io.h"
+#include "common/flags.h"
 #include "common/malloc_tuning.h"
 #include "server/server.h"
 #include "snapback/client.h"
 #include "testing/test_util.h"
 
+ABSL_FLAG(std::string, dir, "", "scratch directory (default: a temporary one here)");
+ABSL_FLAG(std::string, mib, "256,1024", "checkpoint sizes in MiB, comma-separated");
+
 namespace snapback {
 namespace {
+
+constexpr char kUsage[] =
+    "usage: save_bench [--dir DIR] [--mib 256,1024]\n"
+    "\n"
+    "Checkpointer::Save (blocked time, durable time) and restore beside memcpy and raw\n"
+    "writes/reads of the same bytes.";
 
 [[noreturn]] void Die(const absl::Status& s, const char* what) {
   std::fprintf(stderr, "save_bench: %s: %s\n", what, s.ToString().c_str());
@@ -170,26 +181,15 @@ void RunSize(const std::string& dir, uint64_t mib) {
 
 int Main(int argc, char** argv) {
   TuneMallocForLargeBuffers();
-  std::string dir;
-  std::vector<uint64_t> sizes = {256, 1024};
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--dir" && i + 1 < argc) {
-      dir = argv[++i];
-    } else if (a == "--mib" && i + 1 < argc) {
-      sizes.clear();
-      for (absl::string_view s : absl::StrSplit(argv[++i], ',')) {
-        uint64_t n;
-        if (!absl::SimpleAtoi(s, &n) || n == 0) {
-          std::fprintf(stderr, "save_bench: --mib takes sizes in MiB, e.g. 256,1024\n");
-          return 2;
-        }
-        sizes.push_back(n);
-      }
-    } else {
-      std::fprintf(stderr, "usage: save_bench [--dir DIR] [--mib 256,1024]\n");
-      return 2;
+  ParseCommandLineOrExit(argc, argv, "save_bench", kUsage, __FILE__);
+  std::string dir = absl::GetFlag(FLAGS_dir);
+  std::vector<uint64_t> sizes;
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_mib), ',')) {
+    uint64_t n;
+    if (!absl::SimpleAtoi(s, &n) || n == 0) {
+      ExitBadFlag("save_bench", "--mib takes sizes in MiB, e.g. 256,1024");
     }
+    sizes.push_back(n);
   }
   const bool own = dir.empty();
   if (own) {

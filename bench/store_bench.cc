@@ -18,16 +18,26 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/types/span.h"
 #include "bench/raw_io.h"
 #include "common/codec.h"
+#include "common/flags.h"
 #include "common/malloc_tuning.h"
 #include "storage/chunk_store.h"
 #include "storage/file_system.h"
 #include "testing/test_util.h"
+
+ABSL_FLAG(std::string, dir, "", "scratch directory (default: a temporary one here)");
+ABSL_FLAG(uint64_t, mib, 1024, "MiB written per repetition");
+ABSL_FLAG(uint64_t, chunk_mib, 4, "chunk size in MiB");
+ABSL_FLAG(uint64_t, threads, 2, "writer threads");
+ABSL_FLAG(uint64_t, reps, 3, "repetitions (the median is reported)");
+ABSL_FLAG(uint64_t, batch, 16, "chunks per Put");
+ABSL_FLAG(std::string, io, "auto", "segment writes: auto, io_uring or pwrite");
 
 namespace snapback::storage {
 namespace {
@@ -42,53 +52,40 @@ struct Flags {
   IoEngine engine = IoEngine::kAuto;
 };
 
-[[noreturn]] void Usage(const std::string& why) {
-  std::fprintf(
-      stderr,
-      "store_bench: %s\nusage: store_bench [--dir DIR] [--mib N] [--chunk-mib N] "
-      "[--threads N] [--reps N] [--batch N] [--io auto|io_uring|pwrite]\n",
-      why.c_str());
-  std::exit(2);
-}
+constexpr char kUsage[] =
+    "usage: store_bench [--dir DIR] [--mib N] [--chunk-mib N] [--threads N] [--reps N]\n"
+    "                   [--batch N] [--io auto|io_uring|pwrite]\n"
+    "\n"
+    "Chunk store write and read throughput beside dd/raw O_DIRECT writes of the same "
+    "bytes.";
+
+[[noreturn]] void Usage(const std::string& why) { ExitBadFlag("store_bench", why); }
 
 Flags Parse(int argc, char** argv) {
+  ParseCommandLineOrExit(argc, argv, "store_bench", kUsage, __FILE__);
   Flags f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) Usage(a + " needs a value");
-      return argv[++i];
-    };
-    auto number = [&]() -> uint64_t {
-      uint64_t n;
-      std::string v = value();
-      if (!absl::SimpleAtoi(v, &n) || n == 0) Usage(a + " needs a positive number");
-      return n;
-    };
-    if (a == "--dir")
-      f.dir = value();
-    else if (a == "--mib")
-      f.mib = number();
-    else if (a == "--chunk-mib")
-      f.chunk_mib = number();
-    else if (a == "--threads")
-      f.threads = static_cast<int>(number());
-    else if (a == "--reps")
-      f.reps = static_cast<int>(number());
-    else if (a == "--batch")
-      f.batch = static_cast<int>(number());
-    else if (a == "--io") {
-      std::string v = value();
-      if (v == "auto")
-        f.engine = IoEngine::kAuto;
-      else if (v == "io_uring")
-        f.engine = IoEngine::kIoUring;
-      else if (v == "pwrite")
-        f.engine = IoEngine::kPwrite;
-      else
-        Usage("--io is auto, io_uring or pwrite");
-    } else
-      Usage("unknown flag " + a);
+  f.dir = absl::GetFlag(FLAGS_dir);
+  for (auto [name, value] : {std::pair{"mib", absl::GetFlag(FLAGS_mib)},
+                             std::pair{"chunk-mib", absl::GetFlag(FLAGS_chunk_mib)},
+                             std::pair{"threads", absl::GetFlag(FLAGS_threads)},
+                             std::pair{"reps", absl::GetFlag(FLAGS_reps)},
+                             std::pair{"batch", absl::GetFlag(FLAGS_batch)}}) {
+    if (value == 0) Usage(absl::StrCat("--", name, " needs a positive number"));
+  }
+  f.mib = absl::GetFlag(FLAGS_mib);
+  f.chunk_mib = absl::GetFlag(FLAGS_chunk_mib);
+  f.threads = static_cast<int>(absl::GetFlag(FLAGS_threads));
+  f.reps = static_cast<int>(absl::GetFlag(FLAGS_reps));
+  f.batch = static_cast<int>(absl::GetFlag(FLAGS_batch));
+  const std::string io = absl::GetFlag(FLAGS_io);
+  if (io == "auto") {
+    f.engine = IoEngine::kAuto;
+  } else if (io == "io_uring") {
+    f.engine = IoEngine::kIoUring;
+  } else if (io == "pwrite") {
+    f.engine = IoEngine::kPwrite;
+  } else {
+    Usage("--io is auto, io_uring or pwrite");
   }
   return f;
 }

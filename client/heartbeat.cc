@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <utility>
 
+#include "common/log.h"
+
 namespace snapback::internal_client {
 
 Heartbeater::Heartbeater(std::shared_ptr<grpc::Channel> channel, HeartbeatOptions options)
@@ -82,7 +84,7 @@ void Heartbeater::Loop() {
     while (stream->Read(&resp)) {
       if (resp.fenced()) {
         fenced_.store(true);
-        std::fprintf(stderr, "snapback: %s\n", resp.message().c_str());
+        SNAPBACK_LOG(Warning, "%s", resp.message());
       }
     }
     const grpc::Status status = stream->Finish();
@@ -92,8 +94,8 @@ void Heartbeater::Loop() {
       if (stop_ || fenced_.load()) break;
       if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
           status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-        std::fprintf(stderr, "snapback: heartbeat refused, not retrying: %s\n",
-                     status.error_message().c_str());
+        SNAPBACK_LOG(Warning, "heartbeat refused, not retrying: %s",
+                     status.error_message());
         break;
       }
       // Reconnect at once the first time (a blip must not look like a

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 
 namespace snapback::detector {
 namespace {
@@ -18,11 +19,9 @@ JobBinding BindingOf(const v1::JobInfo& info) {
                     .scheduler_job_id = info.scheduler_job_id()};
 }
 
-// One line per decision on stderr: operators read the coordinator's log to
-// see what the detector did and why.
-void Log(const std::string& line) {
-  std::fprintf(stderr, "snapback-detector: %s\n", line.c_str());
-}
+// One line per decision: operators read the coordinator's log to see what
+// the detector did and why.
+void Log(const std::string& line) { SNAPBACK_LOG(Info, "detector: %s", line); }
 
 }  // namespace
 

@@ -47,25 +47,6 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view w
   return out;
 }
 
-// Splits "host:port" / "[v6]:port" into host and port text.
-bool SplitHostPort(absl::string_view listen, std::string* host, std::string* port) {
-  if (!listen.empty() && listen[0] == '[') {
-    size_t close = listen.find(']');
-    if (close == absl::string_view::npos || close + 1 >= listen.size() ||
-        listen[close + 1] != ':') {
-      return false;
-    }
-    *host = std::string(listen.substr(1, close - 1));
-    *port = std::string(listen.substr(close + 2));
-    return true;
-  }
-  size_t colon = listen.rfind(':');
-  if (colon == absl::string_view::npos) return false;
-  *host = std::string(listen.substr(0, colon));
-  *port = std::string(listen.substr(colon + 1));
-  return true;
-}
-
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
@@ -145,6 +126,24 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);
+}
+
+bool SplitHostPort(absl::string_view listen, std::string* host, std::string* port) {
+  if (!listen.empty() && listen[0] == '[') {
+    size_t close = listen.find(']');
+    if (close == absl::string_view::npos || close + 1 >= listen.size() ||
+        listen[close + 1] != ':') {
+      return false;
+    }
+    *host = std::string(listen.substr(1, close - 1));
+    *port = std::string(listen.substr(close + 2));
+    return true;
+  }
+  size_t colon = listen.rfind(':');
+  if (colon == absl::string_view::npos) return false;
+  *host = std::string(listen.substr(0, colon));
+  *port = std::string(listen.substr(colon + 1));
+  return true;
 }
 
 bool IsLoopbackListenAddress(absl::string_view listen) {

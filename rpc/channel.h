@@ -68,6 +68,10 @@ struct ServerCredentialsOptions {
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerCredentialsOptions& options);
 
+// Splits "HOST:PORT" / "[V6]:PORT" into host and port text; false when
+// there is no port.
+bool SplitHostPort(absl::string_view address, std::string* host, std::string* port);
+
 // True when `listen` ("HOST:PORT", "[V6]:PORT") names a loopback address
 // (127.0.0.0/8, ::1, localhost).
 bool IsLoopbackListenAddress(absl::string_view listen);

@@ -9,8 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "rpc/grpc_status.h"
 #include "common/status_macros.h"
+#include "rpc/channel.h"
+#include "rpc/grpc_status.h"
 
 namespace snapback::internal_client {
 namespace {
@@ -23,24 +24,6 @@ using snapback::v1::PutChunksResponse;
 // The largest frame a well-behaved server sends is one slice of one chunk;
 // anything bigger is refused before it is allocated.
 constexpr int kMaxReceiveFrameBytes = static_cast<int>(kMaxChunkRawBytes + (1u << 20));
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    const int err = errno;
-    std::string message =
-        absl::StrCat("cannot read ", what, " ", path, ": ", std::strerror(err));
-    if (err == ENOENT) return absl::NotFoundError(message);
-    if (err == EACCES) return absl::PermissionDeniedError(message);
-    return absl::FailedPreconditionError(message);
-  }
-  std::string out;
-  char buf[8192];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  std::fclose(f);
-  return out;
-}
 
 absl::Status Annotate(const absl::Status& status, absl::string_view where) {
   return absl::Status(status.code(), absl::StrCat(where, ": ", status.message()));
@@ -65,42 +48,15 @@ absl::StatusOr<std::unique_ptr<StorageClient>> StorageClient::Connect(
   if (options.deadline <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("deadline must be positive");
   }
-  const bool client_cert =
-      !options.tls_client_cert_file.empty() || !options.tls_client_key_file.empty();
-  if (client_cert &&
-      (options.tls_client_cert_file.empty() || options.tls_client_key_file.empty() ||
-       options.tls_root_ca_file.empty())) {
-    return absl::InvalidArgumentError(
-        "a client certificate needs its key and the server's root CA (TLS) as well");
-  }
-
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxReceiveFrameBytes);
-  args.SetMaxSendMessageSize(-1);
-  if (options.tls_root_ca_file.empty()) {
-    credentials = grpc::InsecureChannelCredentials();
-  } else {
-    grpc::SslCredentialsOptions ssl;
-    SNAPBACK_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                              ReadFile(options.tls_root_ca_file, "TLS root CA"));
-    if (client_cert) {
-      SNAPBACK_ASSIGN_OR_RETURN(
-          ssl.pem_cert_chain, ReadFile(options.tls_client_cert_file, "TLS client cert"));
-      SNAPBACK_ASSIGN_OR_RETURN(ssl.pem_private_key,
-                                ReadFile(options.tls_client_key_file, "TLS client key"));
-    }
-    credentials = grpc::SslCredentials(ssl);
-    if (!options.tls_server_name.empty()) {
-      args.SetSslTargetNameOverride(options.tls_server_name);
-    }
-  }
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(endpoint, credentials, args);
-  if (channel == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot create a channel to ", endpoint));
-  }
+  rpc::ChannelOptions channel_options;
+  channel_options.tls_root_ca_file = options.tls_root_ca_file;
+  channel_options.tls_client_cert_file = options.tls_client_cert_file;
+  channel_options.tls_client_key_file = options.tls_client_key_file;
+  channel_options.tls_server_name = options.tls_server_name;
+  channel_options.max_receive_bytes = kMaxReceiveFrameBytes;
+  channel_options.max_send_bytes = -1;
+  SNAPBACK_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                            rpc::MakeChannel(endpoint, channel_options));
   return std::unique_ptr<StorageClient>(new StorageClient(
       endpoint, std::move(options), snapback::v1::StorageService::NewStub(channel)));
 }

@@ -13,301 +13,214 @@
 #include <iterator>
 #include <string>
 #include <thread>
+#include <tuple>
 
-#include "absl/strings/numbers.h"
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/flags.h"
 #include "common/malloc_tuning.h"
 #include "failure-detector/exec_adapter.h"
 #include "failure-detector/slurm_adapter.h"
 #include "server/server.h"
 #include "storage/file_system.h"
 
+ABSL_FLAG(std::string, data_dir, "",
+          "chunks (segments/, index/) and coordinator metadata (meta/) live here "
+          "(required; created if missing)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7420", "address to serve on (port 0 = any)");
+ABSL_FLAG(std::string, role, "",
+          "storage, coordinator, or empty for both in one process");
+ABSL_FLAG(std::string, storage_endpoints, "",
+          "coordinator role: the storage nodes, HOST:PORT,...");
+ABSL_FLAG(std::string, tls_cert, "",
+          "serve TLS with this PEM certificate chain (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "the PEM key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "require client certificates signed by this CA (mTLS)");
+ABSL_FLAG(std::string, storage_tls_ca, "",
+          "coordinator role: talk TLS to the storage nodes, trusting this CA");
+ABSL_FLAG(std::string, storage_tls_cert, "",
+          "coordinator role: client certificate for storage nodes that require mTLS");
+ABSL_FLAG(std::string, storage_tls_key, "", "the PEM key of --storage-tls-cert");
+ABSL_FLAG(std::string, storage_tls_server_name, "",
+          "name checked in the storage nodes' certificates instead of the endpoint host");
+ABSL_FLAG(bool, allow_insecure_remote, false,
+          "allow plaintext on a non-loopback address");
+ABSL_FLAG(uint64_t, segment_mb, 256, "segment file size in MiB, 1..65536");
+ABSL_FLAG(std::string, io, "auto",
+          "segment writes: auto (io_uring, else pwrite), io_uring, pwrite");
+ABSL_FLAG(
+    std::string, index_recovery, "strict",
+    "strict: refuse to open a damaged index or metadata WAL; drop-torn-tail: drop an "
+    "incomplete last WAL record, only after a power cut (docs/storage_format.md)");
+ABSL_FLAG(absl::Duration, checkpoint_lease, absl::Minutes(30),
+          "abort a WRITING checkpoint idle this long");
+ABSL_FLAG(absl::Duration, gc_grace, absl::Minutes(10),
+          "delete unreferenced chunks only after this long");
+ABSL_FLAG(absl::Duration, gc_interval, absl::Minutes(5),
+          "run retention + GC this often; 0 = only on request");
+ABSL_FLAG(uint32_t, keep_last, 3,
+          "retention for jobs registered without a policy (0 = keep all)");
+ABSL_FLAG(double, fail_phi, 8,
+          "failure detector: declare a rank whose heartbeats stopped failed at this "
+          "phi-accrual suspicion, 1..1000");
+ABSL_FLAG(
+    double, hang_factor, 10,
+    "a step that does not advance for X times the median step time is a hang, 1..1000");
+ABSL_FLAG(absl::Duration, hang_floor, absl::Seconds(60),
+          "... but a hang is never declared sooner than this");
+ABSL_FLAG(absl::Duration, save_budget, absl::Minutes(10),
+          "longest a rank may spend saving");
+ABSL_FLAG(absl::Duration, restore_budget, absl::Minutes(10),
+          "longest a rank may spend restoring");
+ABSL_FLAG(
+    int, max_restarts, 3,
+    "restarts without a newly committed checkpoint before the detector gives up on a "
+    "job, 0..1000");
+ABSL_FLAG(
+    bool, slurm, false,
+    "restart jobs that run under Slurm (registered with SLURM_JOB_ID) with scontrol "
+    "requeue; submit them with sbatch --requeue");
+ABSL_FLAG(
+    std::string, exec_restart_command, "",
+    "the exec scheduler: shell command run to restart a job registered with scheduler "
+    "\"exec\"; {job}, {scheduler_job_id}, {incarnation}, {world_size} and {reason} are "
+    "replaced (shell-quoted)");
+ABSL_FLAG(std::string, exec_cancel_command, "", "the exec scheduler: cancel command");
+ABSL_FLAG(std::string, exec_status_command, "", "the exec scheduler: status command");
+ABSL_FLAG(std::string, ready_file, "", "write the bound port to this file once serving");
+
 namespace {
 
+constexpr char kProgram[] = "snapback-server";
 constexpr char kUsage[] =
-    "usage: snapback-server --data-dir DIR [--listen HOST:PORT]\n"
-    "         [--role storage|coordinator [--storage-endpoints HOST:PORT,...]]\n"
-    "         [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
-    "         [--storage-tls-ca FILE [--storage-tls-cert FILE --storage-tls-key FILE]\n"
-    "          [--storage-tls-server-name NAME]]\n"
-    "         [--allow-insecure-remote] [--segment-mb N] [--io auto|io_uring|pwrite]\n"
-    "         [--index-recovery strict|drop-torn-tail] [--checkpoint-lease DURATION]\n"
-    "         [--gc-grace DURATION] [--gc-interval DURATION] [--keep-last N]\n"
-    "         [--hang-factor X] [--hang-floor D] [--fail-phi X] [--save-budget D]\n"
-    "         [--restore-budget D] [--max-restarts N] [--slurm]\n"
-    "         [--exec-restart-command CMD] [--exec-cancel-command CMD]\n"
-    "         [--exec-status-command CMD] [--ready-file PATH]\n"
+    "usage: snapback-server --data-dir DIR [--listen HOST:PORT] [--role "
+    "storage|coordinator]"
+    " [flags]\n"
     "\n"
-    "  --data-dir DIR         chunks (segments/, index/) and coordinator metadata\n"
-    "                         (meta/) live here (required; created if missing)\n"
-    "  --listen HOST:PORT     address to serve on (default 127.0.0.1:7420; port 0 = "
-    "any)\n"
-    "  --role ROLE            storage, coordinator, or omitted for both in one process\n"
-    "  --storage-endpoints L  coordinator role: the storage nodes, HOST:PORT,...\n"
-    "  --tls-cert/--tls-key   serve TLS with this PEM certificate chain and key\n"
-    "  --tls-client-ca FILE   require client certificates signed by this CA (mTLS)\n"
-    "  --storage-tls-ca FILE  coordinator role: talk TLS to the storage nodes, trusting\n"
-    "                         this CA; --storage-tls-cert/--storage-tls-key add a\n"
-    "                         client certificate (mTLS); --storage-tls-server-name\n"
-    "                         overrides the name checked in their certificates\n"
-    "  --allow-insecure-remote  allow plaintext on a non-loopback address\n"
-    "  --segment-mb N         segment file size in MiB (default 256)\n"
-    "  --io MODE              segment writes: auto (io_uring, else pwrite), io_uring, "
-    "pwrite\n"
-    "  --index-recovery MODE  strict (default): refuse to open a damaged index or\n"
-    "                         metadata WAL; drop-torn-tail: drop an incomplete last\n"
-    "                         WAL record, only after a power cut "
-    "(docs/storage_format.md)\n"
-    "  --checkpoint-lease D   abort a WRITING checkpoint idle this long (default 30m)\n"
-    "  --gc-grace D           delete unreferenced chunks only after this long (default "
-    "10m)\n"
-    "  --gc-interval D        run retention + GC this often; 0 = only on request "
-    "(default 5m)\n"
-    "  --keep-last N          retention for jobs registered without a policy (default "
-    "3)\n"
-    "  --fail-phi X           failure detector: declare a rank whose heartbeats stopped\n"
-    "                         failed at this phi-accrual suspicion (default 8)\n"
-    "  --hang-factor X        a step that does not advance for X times the median\n"
-    "                         step time is a hang (default 10) ...\n"
-    "  --hang-floor D         ... but never less than D (default 60s)\n"
-    "  --save-budget D        longest a rank may spend saving (default 10m)\n"
-    "  --restore-budget D     longest a rank may spend restoring (default 10m)\n"
-    "  --max-restarts N       restarts without a newly committed checkpoint before the\n"
-    "                         detector gives up on a job (default 3)\n"
-    "  --slurm                restart jobs that run under Slurm (registered with\n"
-    "                         SLURM_JOB_ID) with scontrol requeue; submit them with\n"
-    "                         sbatch --requeue (scontrol/scancel from PATH, SLURM_CONF\n"
-    "                         from the environment)\n"
-    "  --exec-restart-command CMD  the exec scheduler: shell commands run for jobs\n"
-    "  --exec-cancel-command CMD   registered with scheduler \"exec\"; {job},\n"
-    "  --exec-status-command CMD   {scheduler_job_id}, {incarnation}, {world_size} and\n"
-    "                              {reason} are replaced (shell-quoted)\n"
-    "  --ready-file PATH      write the bound port to PATH once serving\n"
-    "\n"
-    "Durations are like 90s, 30m, 1h30m.\n";
+    "Runs the snapback coordinator (jobs, checkpoint metadata, failure detector) and/or "
+    "a\n"
+    "storage node until SIGTERM or SIGINT. Exit codes: 0 after a clean shutdown, 1 when "
+    "the\n"
+    "server cannot run, 2 for bad flags. Durations are written like 90s, 30m, 1h30m.";
 
 [[noreturn]] void BadFlag(const std::string& message) {
-  std::fprintf(stderr, "snapback-server: %s (see --help)\n", message.c_str());
-  std::exit(2);
+  snapback::ExitBadFlag(kProgram, message);
 }
 
 [[noreturn]] void Fail(const std::string& message) {
-  std::fprintf(stderr, "snapback-server: %s\n", message.c_str());
-  std::exit(1);
+  snapback::ExitFailure(kProgram, message);
 }
 
-absl::Duration ParseDurationFlag(const std::string& name, const std::string& value,
-                                 bool zero_ok) {
-  absl::Duration d;
-  if (!absl::ParseDuration(value, &d) || d < absl::ZeroDuration() ||
-      (!zero_ok && d == absl::ZeroDuration()) || d == absl::InfiniteDuration()) {
-    BadFlag(absl::StrCat("--", name, " '", value, "' must be a ",
-                         zero_ok ? "" : "positive ", "duration such as 90s, 30m or 1h"));
-  }
-  return d;
+absl::Duration DurationFlag(absl::string_view name,
+                            const absl::Flag<absl::Duration>& flag, bool zero_ok) {
+  return snapback::CheckDurationFlag(kProgram, name, absl::GetFlag(flag), zero_ok);
 }
 
 struct Flags {
   snapback::server::ServerOptions options;
-  bool slurm = false;
   snapback::detector::ExecAdapterOptions exec;
-  std::string io = "auto";
+  std::string io;
   std::string ready_file;
 };
 
 Flags ParseFlags(int argc, char** argv) {
+  snapback::ParseCommandLineOrExit(argc, argv, kProgram, kUsage, __FILE__);
   Flags flags;
-  flags.options.listen = "127.0.0.1:7420";
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    if (arg.substr(0, 2) != "--") {
-      BadFlag(absl::StrCat("unexpected argument '", arg, "'"));
-    }
-    std::string name(arg.substr(2));
-    std::string value;
-    bool has_value = false;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
-    if (name == "slurm") {
-      flags.slurm = true;
-      continue;
-    }
-    if (name == "allow-insecure-remote") {
-      if (has_value && value != "true" && value != "false") {
-        BadFlag("--allow-insecure-remote takes no value (or =true/=false)");
-      }
-      flags.options.allow_insecure_remote = !has_value || value == "true";
-      continue;
-    }
-    static constexpr const char* kValueFlags[] = {"data-dir",
-                                                  "listen",
-                                                  "role",
-                                                  "storage-endpoints",
-                                                  "tls-cert",
-                                                  "tls-key",
-                                                  "tls-client-ca",
-                                                  "storage-tls-ca",
-                                                  "storage-tls-cert",
-                                                  "storage-tls-key",
-                                                  "storage-tls-server-name",
-                                                  "segment-mb",
-                                                  "io",
-                                                  "index-recovery",
-                                                  "checkpoint-lease",
-                                                  "gc-grace",
-                                                  "gc-interval",
-                                                  "keep-last",
-                                                  "fail-phi",
-                                                  "hang-factor",
-                                                  "hang-floor",
-                                                  "save-budget",
-                                                  "restore-budget",
-                                                  "max-restarts",
-                                                  "exec-restart-command",
-                                                  "exec-cancel-command",
-                                                  "exec-status-command",
-                                                  "ready-file"};
-    if (std::find(std::begin(kValueFlags), std::end(kValueFlags), name) ==
-        std::end(kValueFlags)) {
-      BadFlag(absl::StrCat("unknown flag --", name));
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) BadFlag(absl::StrCat("--", name, " needs a value"));
-      value = argv[++i];
-    }
-    if (name == "data-dir") {
-      flags.options.data_dir = value;
-    } else if (name == "listen") {
-      flags.options.listen = value;
-    } else if (name == "role") {
-      if (!value.empty() && value != "storage" && value != "coordinator") {
-        BadFlag(absl::StrCat("unknown --role '", value,
-                             "'; use storage, coordinator, or omit it for both"));
-      }
-      flags.options.role = value;
-    } else if (name == "storage-endpoints") {
-      flags.options.storage_endpoints =
-          absl::StrSplit(value, ',', absl::SkipWhitespace());
-      if (flags.options.storage_endpoints.empty()) {
-        BadFlag("--storage-endpoints needs at least one HOST:PORT");
-      }
-    } else if (name == "storage-tls-ca") {
-      flags.options.storage_client.tls_root_ca_file = value;
-    } else if (name == "storage-tls-cert") {
-      flags.options.storage_client.tls_client_cert_file = value;
-    } else if (name == "storage-tls-key") {
-      flags.options.storage_client.tls_client_key_file = value;
-    } else if (name == "storage-tls-server-name") {
-      flags.options.storage_client.tls_server_name = value;
-    } else if (name == "checkpoint-lease") {
-      flags.options.coordinator.checkpoint_lease = ParseDurationFlag(name, value, false);
-    } else if (name == "gc-grace") {
-      flags.options.coordinator.gc_grace = ParseDurationFlag(name, value, true);
-    } else if (name == "gc-interval") {
-      flags.options.gc_interval = ParseDurationFlag(name, value, true);
-    } else if (name == "keep-last") {
-      uint32_t n = 0;
-      if (!absl::SimpleAtoi(value, &n)) {
-        BadFlag(absl::StrCat("--keep-last '", value,
-                             "' must be a count of checkpoints (0 = keep all)"));
-      }
-      flags.options.coordinator.default_keep_last = n;
-    } else if (name == "tls-cert") {
-      flags.options.tls_cert_file = value;
-    } else if (name == "tls-key") {
-      flags.options.tls_key_file = value;
-    } else if (name == "tls-client-ca") {
-      flags.options.tls_client_ca_file = value;
-    } else if (name == "segment-mb") {
-      uint64_t mb = 0;
-      if (!absl::SimpleAtoi(value, &mb) || mb < 1 || mb > (64u << 10)) {
-        BadFlag(
-            absl::StrCat("--segment-mb '", value, "' must be a size in MiB, 1..65536"));
-      }
-      flags.options.store.segment_bytes = mb << 20;
-    } else if (name == "io") {
-      if (value != "auto" && value != "io_uring" && value != "pwrite") {
-        BadFlag(absl::StrCat("--io '", value, "' must be auto, io_uring or pwrite"));
-      }
-      flags.io = value;
-    } else if (name == "index-recovery") {
-      // One flag for both databases: the operator decides after a power
-      // cut, and the same cut hit both.
-      if (value == "strict") {
-        flags.options.store.index_recovery = snapback::storage::IndexRecovery::kStrict;
-      } else if (value == "drop-torn-tail") {
-        flags.options.store.index_recovery =
-            snapback::storage::IndexRecovery::kDropTornTail;
-      } else {
-        BadFlag(absl::StrCat("--index-recovery '", value,
-                             "' must be strict or drop-torn-tail"));
-      }
-    } else if (name == "fail-phi" || name == "hang-factor") {
-      double x = 0;
-      if (!absl::SimpleAtod(value, &x) || !(x >= 1 && x <= 1000)) {
-        BadFlag(absl::StrCat("--", name, " '", value, "' must be a number in 1..1000"));
-      }
-      (name == "fail-phi" ? flags.options.detector.monitor.fail_phi
-                          : flags.options.detector.monitor.hang_factor) = x;
-      if (name == "fail-phi") {
-        flags.options.detector.monitor.suspect_phi =
-            std::min(flags.options.detector.monitor.suspect_phi, x);
-      }
-    } else if (name == "hang-floor") {
-      flags.options.detector.monitor.hang_floor = ParseDurationFlag(name, value, false);
-    } else if (name == "save-budget") {
-      flags.options.detector.monitor.save_budget = ParseDurationFlag(name, value, false);
-    } else if (name == "restore-budget") {
-      flags.options.detector.monitor.restore_budget =
-          ParseDurationFlag(name, value, false);
-    } else if (name == "max-restarts") {
-      int n = 0;
-      if (!absl::SimpleAtoi(value, &n) || n < 0 || n > 1000) {
-        BadFlag(absl::StrCat("--max-restarts '", value, "' must be a count in 0..1000"));
-      }
-      flags.options.detector.monitor.max_restarts_without_progress = n;
-    } else if (name == "exec-restart-command") {
-      flags.exec.restart_command = value;
-    } else if (name == "exec-cancel-command") {
-      flags.exec.cancel_command = value;
-    } else if (name == "exec-status-command") {
-      flags.exec.status_command = value;
-    } else if (name == "ready-file") {
-      flags.ready_file = value;
-    } else {
-      BadFlag(absl::StrCat("unknown flag --", name));
-    }
+  snapback::server::ServerOptions& o = flags.options;
+  o.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.role = absl::GetFlag(FLAGS_role);
+  if (!o.role.empty() && o.role != "storage" && o.role != "coordinator") {
+    BadFlag(absl::StrCat("unknown --role '", o.role,
+                         "'; use storage, coordinator, or omit it for both"));
   }
-  if (flags.options.data_dir.empty()) {
+  const std::string endpoints = absl::GetFlag(FLAGS_storage_endpoints);
+  o.storage_endpoints = absl::StrSplit(endpoints, ',', absl::SkipWhitespace());
+  if (!endpoints.empty() && o.storage_endpoints.empty()) {
+    BadFlag("--storage-endpoints needs at least one HOST:PORT");
+  }
+  o.storage_client.tls_root_ca_file = absl::GetFlag(FLAGS_storage_tls_ca);
+  o.storage_client.tls_client_cert_file = absl::GetFlag(FLAGS_storage_tls_cert);
+  o.storage_client.tls_client_key_file = absl::GetFlag(FLAGS_storage_tls_key);
+  o.storage_client.tls_server_name = absl::GetFlag(FLAGS_storage_tls_server_name);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.allow_insecure_remote = absl::GetFlag(FLAGS_allow_insecure_remote);
+  o.coordinator.checkpoint_lease =
+      DurationFlag("checkpoint-lease", FLAGS_checkpoint_lease, false);
+  o.coordinator.gc_grace = DurationFlag("gc-grace", FLAGS_gc_grace, true);
+  o.gc_interval = DurationFlag("gc-interval", FLAGS_gc_interval, true);
+  o.coordinator.default_keep_last = absl::GetFlag(FLAGS_keep_last);
+  const uint64_t mb = absl::GetFlag(FLAGS_segment_mb);
+  if (mb < 1 || mb > (64u << 10)) {
+    BadFlag(absl::StrCat("--segment-mb '", mb, "' must be a size in MiB, 1..65536"));
+  }
+  o.store.segment_bytes = mb << 20;
+  flags.io = absl::GetFlag(FLAGS_io);
+  if (flags.io != "auto" && flags.io != "io_uring" && flags.io != "pwrite") {
+    BadFlag(absl::StrCat("--io '", flags.io, "' must be auto, io_uring or pwrite"));
+  }
+  // One flag for both databases: the operator decides after a power cut, and
+  // the same cut hit both.
+  const std::string recovery = absl::GetFlag(FLAGS_index_recovery);
+  if (recovery == "strict") {
+    o.store.index_recovery = snapback::storage::IndexRecovery::kStrict;
+  } else if (recovery == "drop-torn-tail") {
+    o.store.index_recovery = snapback::storage::IndexRecovery::kDropTornTail;
+  } else {
+    BadFlag(absl::StrCat("--index-recovery '", recovery,
+                         "' must be strict or drop-torn-tail"));
+  }
+  for (auto [name, flag, target] :
+       {std::tuple{"fail-phi", &FLAGS_fail_phi, &o.detector.monitor.fail_phi},
+        std::tuple{"hang-factor", &FLAGS_hang_factor, &o.detector.monitor.hang_factor}}) {
+    const double x = absl::GetFlag(*flag);
+    if (!(x >= 1 && x <= 1000)) {
+      BadFlag(absl::StrCat("--", name, " '", x, "' must be a number in 1..1000"));
+    }
+    *target = x;
+  }
+  o.detector.monitor.suspect_phi =
+      std::min(o.detector.monitor.suspect_phi, o.detector.monitor.fail_phi);
+  o.detector.monitor.hang_floor = DurationFlag("hang-floor", FLAGS_hang_floor, false);
+  o.detector.monitor.save_budget = DurationFlag("save-budget", FLAGS_save_budget, false);
+  o.detector.monitor.restore_budget =
+      DurationFlag("restore-budget", FLAGS_restore_budget, false);
+  const int max_restarts = absl::GetFlag(FLAGS_max_restarts);
+  if (max_restarts < 0 || max_restarts > 1000) {
+    BadFlag(
+        absl::StrCat("--max-restarts '", max_restarts, "' must be a count in 0..1000"));
+  }
+  o.detector.monitor.max_restarts_without_progress = max_restarts;
+  flags.exec.restart_command = absl::GetFlag(FLAGS_exec_restart_command);
+  flags.exec.cancel_command = absl::GetFlag(FLAGS_exec_cancel_command);
+  flags.exec.status_command = absl::GetFlag(FLAGS_exec_status_command);
+  flags.ready_file = absl::GetFlag(FLAGS_ready_file);
+
+  if (o.data_dir.empty()) {
     BadFlag(
         "--data-dir is required: the directory where this server keeps chunks and/or "
         "checkpoint metadata");
   }
-  if (flags.options.role == "coordinator" && flags.options.storage_endpoints.empty()) {
+  if (o.role == "coordinator" && o.storage_endpoints.empty()) {
     BadFlag("--role=coordinator needs --storage-endpoints HOST:PORT[,...]");
   }
-  if (flags.options.role != "coordinator" && !flags.options.storage_endpoints.empty()) {
+  if (o.role != "coordinator" && !o.storage_endpoints.empty()) {
     BadFlag("--storage-endpoints is only for --role=coordinator");
   }
-  flags.options.coordinator.recovery = flags.options.store.index_recovery;
-  if (flags.slurm) {
-    flags.options.scheduler_adapters.push_back(
-        std::make_shared<snapback::detector::SlurmAdapter>());
+  o.coordinator.recovery = o.store.index_recovery;
+  if (absl::GetFlag(FLAGS_slurm)) {
+    o.scheduler_adapters.push_back(std::make_shared<snapback::detector::SlurmAdapter>());
   }
   if (!flags.exec.restart_command.empty() || !flags.exec.cancel_command.empty() ||
       !flags.exec.status_command.empty()) {
-    flags.options.scheduler_adapters.push_back(
+    o.scheduler_adapters.push_back(
         std::make_shared<snapback::detector::ExecAdapter>(flags.exec));
   }
   return flags;

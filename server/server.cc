@@ -1,6 +1,5 @@
 #include "server/server.h"
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
 
@@ -9,109 +8,14 @@
 #include <cstdio>
 #include <thread>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "common/status_macros.h"
+#include "rpc/channel.h"
 #include "storage/file_system.h"
 
 namespace snapback::server {
-namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    return storage::ErrnoToStatus(errno, absl::StrCat("reading ", what), path);
-  }
-  std::string out;
-  char buf[8192];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) return storage::ErrnoToStatus(EIO, absl::StrCat("reading ", what), path);
-  if (out.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is empty"));
-  }
-  return out;
-}
-
-// Splits "host:port" / "[v6]:port" into host and port text.
-bool SplitHostPort(const std::string& listen, std::string* host, std::string* port) {
-  if (!listen.empty() && listen[0] == '[') {
-    size_t close = listen.find(']');
-    if (close == std::string::npos || close + 1 >= listen.size() ||
-        listen[close + 1] != ':') {
-      return false;
-    }
-    *host = listen.substr(1, close - 1);
-    *port = listen.substr(close + 2);
-    return true;
-  }
-  size_t colon = listen.rfind(':');
-  if (colon == std::string::npos) return false;
-  *host = listen.substr(0, colon);
-  *port = listen.substr(colon + 1);
-  return true;
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
-    const ServerOptions& options) {
-  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
-  if (tls && (options.tls_cert_file.empty() || options.tls_key_file.empty())) {
-    return absl::InvalidArgumentError(
-        "TLS needs both a certificate and a key: pass --tls-cert and --tls-key");
-  }
-  if (!options.tls_client_ca_file.empty() && !tls) {
-    return absl::InvalidArgumentError(
-        "--tls-client-ca needs the server's own --tls-cert and --tls-key");
-  }
-  if (!tls) {
-    if (!options.allow_insecure_remote && !IsLoopbackListenAddress(options.listen)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "refusing to serve plaintext on ", options.listen,
-          ", which other machines can reach; pass --tls-cert and --tls-key (or "
-          "--allow-insecure-remote inside a trusted network), or listen on 127.0.0.1"));
-    }
-    return grpc::InsecureServerCredentials();
-  }
-  SNAPBACK_ASSIGN_OR_RETURN(
-      std::string cert, ReadFile(options.tls_cert_file, "TLS certificate (--tls-cert)"));
-  SNAPBACK_ASSIGN_OR_RETURN(std::string key,
-                            ReadFile(options.tls_key_file, "TLS key (--tls-key)"));
-  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
-  if (!options.tls_client_ca_file.empty()) {
-    SNAPBACK_ASSIGN_OR_RETURN(
-        ssl.pem_root_certs,
-        ReadFile(options.tls_client_ca_file, "TLS client CA (--tls-client-ca)"));
-    ssl.client_certificate_request =
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  return grpc::SslServerCredentials(ssl);
-}
-
-}  // namespace
-
-bool IsLoopbackListenAddress(const std::string& listen) {
-  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
-    return true;
-  }
-  std::string host, port;
-  if (!SplitHostPort(listen, &host, &port)) return false;
-  if (absl::AsciiStrToLower(host) == "localhost") return true;
-  in_addr v4;
-  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
-    return (ntohl(v4.s_addr) >> 24) == 127;
-  }
-  in6_addr v6;
-  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
-    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
-    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
-  }
-  return false;  // "", "0.0.0.0", "::", host names other than localhost
-}
-
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   const std::string& role = options.role;
   if (!role.empty() && role != "storage" && role != "coordinator") {
@@ -145,7 +49,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   // Before opening the store: a refused configuration must not touch disk.
   SNAPBACK_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
-                            MakeCredentials(options));
+                            rpc::MakeServerCredentials({
+                                .listen = options.listen,
+                                .tls_cert_file = options.tls_cert_file,
+                                .tls_key_file = options.tls_key_file,
+                                .tls_client_ca_file = options.tls_client_ca_file,
+                                .allow_insecure_remote = options.allow_insecure_remote,
+                            }));
 
   std::unique_ptr<Server> server(new Server());
   server->role_ = role;
@@ -228,7 +138,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   server->port_ = port;
   std::string host, port_text;
-  if (SplitHostPort(options.listen, &host, &port_text) &&
+  if (rpc::SplitHostPort(options.listen, &host, &port_text) &&
       !absl::StartsWith(options.listen, "unix")) {
     server->address_ = absl::StrCat(absl::StrContains(host, ':') ? "[" : "", host,
                                     absl::StrContains(host, ':') ? "]" : "", ":", port);
@@ -252,9 +162,8 @@ void Server::GcLoop(absl::Duration interval) {
     gc_mu_.Unlock();
     absl::StatusOr<v1::CollectGarbageResponse> gc = coordinator_store_->CollectGarbage();
     if (!gc.ok()) {
-      std::fprintf(
-          stderr, "snapback-server: garbage collection failed (retrying in %s): %s\n",
-          absl::FormatDuration(interval).c_str(), gc.status().ToString().c_str());
+      SNAPBACK_LOG(Warning, "garbage collection failed (retrying in %s): %s",
+                   absl::FormatDuration(interval), gc.status().ToString());
     }
     gc_mu_.Lock();
   }

@@ -200,10 +200,6 @@ class Server {
   absl::Notification shutdown_done_;
 };
 
-// True when `listen` (HOST:PORT, [V6]:PORT or unix:PATH) names only this
-// machine: 127.0.0.0/8, ::1, "localhost", or a unix socket. Exposed for tests.
-bool IsLoopbackListenAddress(const std::string& listen);
-
 }  // namespace snapback::server
 
 #endif  // SNAPBACK_SERVER_SERVER_H_

@@ -11,8 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec.h"
-#include "rpc/grpc_status.h"
 #include "common/hash.h"
+#include "common/status_macros.h"
+#include "rpc/grpc_status.h"
 
 namespace snapback::server {
 namespace {
@@ -590,28 +591,11 @@ StorageServiceImpl::StorageServiceImpl(storage::ChunkStore* store,
 
 StorageServiceImpl::~StorageServiceImpl() = default;
 
-void StorageServiceImpl::CallStarted() {
-  absl::MutexLock lock(&mu_);
-  ++active_calls_;
-}
-
-void StorageServiceImpl::CallEnded() {
-  absl::MutexLock lock(&mu_);
-  --active_calls_;
-}
-
 bool StorageServiceImpl::WaitIdle(absl::Time deadline) {
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithDeadline(
-      absl::Condition(
-          +[](int* calls) { return *calls == 0; }, &active_calls_),
-      deadline);
+  return calls_.WaitIdle(deadline);
 }
 
-int StorageServiceImpl::TEST_ActiveCalls() {
-  absl::MutexLock lock(&mu_);
-  return active_calls_;
-}
+int StorageServiceImpl::TEST_ActiveCalls() { return calls_.active(); }
 
 grpc::ServerReadReactor<PutChunksRequest>* StorageServiceImpl::PutChunks(
     grpc::CallbackServerContext* ctx, PutChunksResponse* response) {
@@ -626,90 +610,55 @@ grpc::ServerWriteReactor<GetChunksResponse>* StorageServiceImpl::GetChunks(
 grpc::ServerUnaryReactor* StorageServiceImpl::HasChunks(
     grpc::CallbackServerContext* ctx, const snapback::v1::HasChunksRequest* request,
     snapback::v1::HasChunksResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
-  if (!ids.ok()) {
-    reactor->Finish(ToGrpcStatus(ids.status()));
-    return reactor;
-  }
-  CallStarted();
+  if (!ids.ok()) return rpc::FinishNow(ctx, ids.status());
   // The index lookup may touch disk: not on a gRPC callback thread.
-  context_.io_pool->Schedule([this, ctx, reactor, response, ids = std::move(*ids)] {
-    absl::Status status;
-    if (ctx->IsCancelled()) {
-      status = absl::CancelledError("HasChunks cancelled");
-    } else {
-      absl::StatusOr<std::vector<bool>> present = context_.store->Has(ids);
-      if (present.ok()) {
-        for (bool p : *present) response->add_present(p);
-      } else {
-        status = present.status();
-      }
-    }
-    reactor->Finish(ToGrpcStatus(status));
-    CallEnded();
-  });
-  return reactor;
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "HasChunks",
+                        [this, response, ids = std::move(*ids)]() -> absl::Status {
+                          SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present,
+                                                    context_.store->Has(ids));
+                          for (bool p : present) response->add_present(p);
+                          return absl::OkStatus();
+                        });
 }
 
 grpc::ServerUnaryReactor* StorageServiceImpl::DeleteChunks(
     grpc::CallbackServerContext* ctx, const snapback::v1::DeleteChunksRequest* request,
     snapback::v1::DeleteChunksResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
-  if (!ids.ok()) {
-    reactor->Finish(ToGrpcStatus(ids.status()));
-    return reactor;
-  }
-  CallStarted();
+  if (!ids.ok()) return rpc::FinishNow(ctx, ids.status());
   // A synced index write: never on a gRPC callback thread.
-  context_.io_pool->Schedule([this, ctx, reactor, response, ids = std::move(*ids)] {
-    absl::Status status;
-    if (ctx->IsCancelled()) {
-      status = absl::CancelledError("DeleteChunks cancelled");
-    } else {
-      absl::StatusOr<int> deleted = context_.store->Delete(ids);
-      if (deleted.ok()) {
-        response->set_deleted(static_cast<uint32_t>(*deleted));
-      } else {
-        status = Annotate(deleted.status(), "deleting chunks");
-      }
-    }
-    reactor->Finish(ToGrpcStatus(status));
-    CallEnded();
-  });
-  return reactor;
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "DeleteChunks",
+                        [this, response, ids = std::move(*ids)]() -> absl::Status {
+                          absl::StatusOr<int> deleted = context_.store->Delete(ids);
+                          if (!deleted.ok()) {
+                            return Annotate(deleted.status(), "deleting chunks");
+                          }
+                          response->set_deleted(static_cast<uint32_t>(*deleted));
+                          return absl::OkStatus();
+                        });
 }
 
 grpc::ServerUnaryReactor* StorageServiceImpl::Stat(
     grpc::CallbackServerContext* ctx, const snapback::v1::StatRequest* request,
     snapback::v1::StatResponse* response) {
   (void)request;
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  CallStarted();
-  context_.io_pool->Schedule([this, ctx, reactor, response] {
-    absl::Status status;
-    if (ctx->IsCancelled()) {
-      status = absl::CancelledError("Stat cancelled");
-    } else {
-      storage::ChunkStoreStats s = context_.store->Stats();
-      response->set_chunks(s.chunks);
-      response->set_raw_bytes(s.raw_bytes);
-      response->set_encoded_bytes(s.encoded_bytes);
-      response->set_live_bytes(s.live_bytes);
-      response->set_file_bytes(s.file_bytes);
-      response->set_segments(s.segments);
-      response->set_puts(s.puts);
-      response->set_dedup_hits(s.dedup_hits);
-      response->set_group_commits(s.group_commits);
-      response->set_compactions(s.compactions);
-      response->set_compacted_bytes(s.compacted_bytes);
-      response->set_io_mode(s.io_mode);
-    }
-    reactor->Finish(ToGrpcStatus(status));
-    CallEnded();
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "Stat", [this, response] {
+    storage::ChunkStoreStats s = context_.store->Stats();
+    response->set_chunks(s.chunks);
+    response->set_raw_bytes(s.raw_bytes);
+    response->set_encoded_bytes(s.encoded_bytes);
+    response->set_live_bytes(s.live_bytes);
+    response->set_file_bytes(s.file_bytes);
+    response->set_segments(s.segments);
+    response->set_puts(s.puts);
+    response->set_dedup_hits(s.dedup_hits);
+    response->set_group_commits(s.group_commits);
+    response->set_compactions(s.compactions);
+    response->set_compacted_bytes(s.compacted_bytes);
+    response->set_io_mode(s.io_mode);
+    return absl::OkStatus();
   });
-  return reactor;
 }
 
 }  // namespace snapback::server

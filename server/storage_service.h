@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/thread_pool.h"
+#include "rpc/unary.h"
 #include "snapback/v1/storage.grpc.pb.h"
 #include "storage/chunk_store.h"
 
@@ -108,13 +109,12 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
     StorageServiceImpl* service;
   };
   // A call starts / ends (a reactor is created / destroyed).
-  void CallStarted();
-  void CallEnded();
+  void CallStarted() { calls_.Started(); }
+  void CallEnded() { calls_.Ended(); }
 
  private:
   Context context_;
-  absl::Mutex mu_;
-  int active_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  rpc::CallTracker calls_;
 };
 
 }  // namespace snapback::server

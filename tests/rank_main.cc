@@ -17,12 +17,36 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/flags.h"
 #include "snapback/client.h"
 #include "testing/test_util.h"
 
+ABSL_FLAG(std::string, endpoint, "",
+          "the server, HOST:PORT (default: SNAPBACK_ENDPOINT)");
+ABSL_FLAG(std::string, job, "", "job id (default: SNAPBACK_JOB)");
+ABSL_FLAG(int, rank, snapback::CheckpointerOptions{}.rank,
+          "rank (default: SNAPBACK_RANK)");
+ABSL_FLAG(int, world, snapback::CheckpointerOptions{}.world_size,
+          "world size (default: SNAPBACK_WORLD_SIZE)");
+ABSL_FLAG(int64_t, incarnation, snapback::CheckpointerOptions{}.incarnation,
+          "incarnation (default: SNAPBACK_INCARNATION)");
+ABSL_FLAG(uint64_t, mib, 4, "MiB of tensor data per save");
+ABSL_FLAG(int64_t, chunk_kib, 0, "chunk size in KiB (0: the library's default)");
+ABSL_FLAG(int64_t, staging_mib, 0,
+          "staging memory in MiB (0: the library's default); set = report peak RSS");
+ABSL_FLAG(bool, restore_check, false, "restore the latest step first and verify it");
+ABSL_FLAG(std::string, steps, "1", "steps to save, comma-separated");
+
 namespace {
+
+constexpr char kUsage[] =
+    "usage: snapback-test-rank [--endpoint HOST:PORT] [--job J] [--rank R] [--world N]\n"
+    "                          [--steps 1,2,...] [--mib N] [--restore-check]\n"
+    "\n"
+    "One rank of the client process tests: saves synthetic tensors at the given steps.";
 
 [[noreturn]] void Fail(const std::string& what) {
   std::fprintf(stderr, "snapback-test-rank: %s\n", what.c_str());
@@ -46,52 +70,25 @@ std::string TensorBytes(int rank, int64_t step, uint64_t bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  snapback::ParseCommandLineOrExit(argc, argv, "snapback-test-rank", kUsage, __FILE__);
   snapback::ClientOptions co;
   snapback::CheckpointerOptions o;
-  std::vector<int64_t> steps = {1};
-  uint64_t mib = 4;
-  bool restore_check = false;
-  bool report_rss = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) Fail(a + " needs a value");
-      return argv[++i];
-    };
-    auto number = [&]() -> int64_t {
-      int64_t n;
-      std::string v = value();
-      if (!absl::SimpleAtoi(v, &n)) Fail(a + " needs a number");
-      return n;
-    };
-    if (a == "--endpoint")
-      co.endpoint = value();
-    else if (a == "--job")
-      o.job_id = value();
-    else if (a == "--rank")
-      o.rank = static_cast<int>(number());
-    else if (a == "--world")
-      o.world_size = static_cast<int>(number());
-    else if (a == "--incarnation")
-      o.incarnation = number();
-    else if (a == "--mib")
-      mib = number();
-    else if (a == "--chunk-kib")
-      o.chunk_bytes = number() << 10;
-    else if (a == "--staging-mib") {
-      o.staging_bytes = number() << 20;
-      report_rss = true;
-    } else if (a == "--restore-check")
-      restore_check = true;
-    else if (a == "--steps") {
-      steps.clear();
-      for (absl::string_view s : absl::StrSplit(value(), ',')) {
-        int64_t n;
-        if (!absl::SimpleAtoi(s, &n)) Fail("--steps takes numbers separated by commas");
-        steps.push_back(n);
-      }
-    } else
-      Fail("unknown flag " + a);
+  co.endpoint = absl::GetFlag(FLAGS_endpoint);
+  o.job_id = absl::GetFlag(FLAGS_job);
+  o.rank = absl::GetFlag(FLAGS_rank);
+  o.world_size = absl::GetFlag(FLAGS_world);
+  o.incarnation = absl::GetFlag(FLAGS_incarnation);
+  const uint64_t mib = absl::GetFlag(FLAGS_mib);
+  if (absl::GetFlag(FLAGS_chunk_kib) > 0)
+    o.chunk_bytes = absl::GetFlag(FLAGS_chunk_kib) << 10;
+  const bool report_rss = absl::GetFlag(FLAGS_staging_mib) > 0;
+  if (report_rss) o.staging_bytes = absl::GetFlag(FLAGS_staging_mib) << 20;
+  const bool restore_check = absl::GetFlag(FLAGS_restore_check);
+  std::vector<int64_t> steps;
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_steps), ',')) {
+    int64_t n;
+    if (!absl::SimpleAtoi(s, &n)) Fail("--steps takes numbers separated by commas");
+    steps.push_back(n);
   }
   o.compress = false;
   auto client = snapback::Client::Connect(co);

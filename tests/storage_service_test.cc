@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "rpc/channel.h"
 #include "rpc/storage_client.h"
 #include "common/codec.h"
 #include "common/hash.h"
@@ -654,16 +655,16 @@ TEST(ServerStartTest, PlaintextOnlyOnLoopback) {
   options.limits.max_chunk_bytes = kMaxChunkRawBytes + 1;
   EXPECT_EQ(Server::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
 
-  EXPECT_TRUE(IsLoopbackListenAddress("127.0.0.1:7420"));
-  EXPECT_TRUE(IsLoopbackListenAddress("127.1.2.3:0"));
-  EXPECT_TRUE(IsLoopbackListenAddress("localhost:7420"));
-  EXPECT_TRUE(IsLoopbackListenAddress("[::1]:7420"));
-  EXPECT_TRUE(IsLoopbackListenAddress("unix:/tmp/snapback.sock"));
-  EXPECT_FALSE(IsLoopbackListenAddress("0.0.0.0:7420"));
-  EXPECT_FALSE(IsLoopbackListenAddress("[::]:7420"));
-  EXPECT_FALSE(IsLoopbackListenAddress(":7420"));
-  EXPECT_FALSE(IsLoopbackListenAddress("10.0.0.1:7420"));
-  EXPECT_FALSE(IsLoopbackListenAddress("example.com:7420"));
+  EXPECT_TRUE(rpc::IsLoopbackListenAddress("127.0.0.1:7420"));
+  EXPECT_TRUE(rpc::IsLoopbackListenAddress("127.1.2.3:0"));
+  EXPECT_TRUE(rpc::IsLoopbackListenAddress("localhost:7420"));
+  EXPECT_TRUE(rpc::IsLoopbackListenAddress("[::1]:7420"));
+  EXPECT_TRUE(rpc::IsLoopbackListenAddress("unix:/tmp/snapback.sock"));
+  EXPECT_FALSE(rpc::IsLoopbackListenAddress("0.0.0.0:7420"));
+  EXPECT_FALSE(rpc::IsLoopbackListenAddress("[::]:7420"));
+  EXPECT_FALSE(rpc::IsLoopbackListenAddress(":7420"));
+  EXPECT_FALSE(rpc::IsLoopbackListenAddress("10.0.0.1:7420"));
+  EXPECT_FALSE(rpc::IsLoopbackListenAddress("example.com:7420"));
 }
 
 // (f) Every acknowledged chunk survives a restart on the same data dir.

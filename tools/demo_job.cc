@@ -39,13 +39,34 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/flags.h"
 #include "snapback/client.h"
 
+ABSL_FLAG(int64_t, steps, 30, "train this many steps");
+ABSL_FLAG(int64_t, save_every, 5, "save a checkpoint every this many steps");
+ABSL_FLAG(uint64_t, mib, 64, "MiB of fp32 parameters per rank");
+ABSL_FLAG(
+    int64_t, kill_self_mid_save, -1,
+    "SIGKILL this rank right after Save() of this step returns (incarnation 1 only)");
+ABSL_FLAG(int64_t, step_ms, 0, "milliseconds of stand-in compute per step");
+ABSL_FLAG(std::string, progress_dir, "",
+          "keep DIR/rank<R> up to date with \"PID INCARNATION STEP\"");
+
 namespace {
+
+constexpr char kUsage[] =
+    "usage: snapback-demo-job [--steps N] [--save-every N] [--mib N] [--step-ms N]\n"
+    "                         [--kill-self-mid-save STEP] [--progress-dir DIR]\n"
+    "\n"
+    "One rank of a synthetic training job (./dev demo, the failure-detector tests).\n"
+    "Job, rank, world size, incarnation and endpoint come from SNAPBACK_* "
+    "(snapback-launch\n"
+    "sets them). Exits 0 when the final state matches an uninterrupted run.";
 
 [[noreturn]] void Fail(const std::string& what) {
   std::fprintf(stderr, "snapback-demo-job: %s\n", what.c_str());
@@ -168,31 +189,13 @@ Model Reference(int rank, size_t floats, int64_t steps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t steps = 30, save_every = 5, kill_at = -1, step_ms = 0;
-  uint64_t mib = 64;
-  std::string progress_dir;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--progress-dir" && i + 1 < argc) {
-      progress_dir = argv[++i];
-      continue;
-    }
-    int64_t v = 0;
-    if (i + 1 >= argc || !absl::SimpleAtoi(argv[i + 1], &v)) Fail(a + " needs a number");
-    ++i;
-    if (a == "--steps")
-      steps = v;
-    else if (a == "--save-every")
-      save_every = v;
-    else if (a == "--mib")
-      mib = v;
-    else if (a == "--kill-self-mid-save")
-      kill_at = v;
-    else if (a == "--step-ms")
-      step_ms = v;
-    else
-      Fail("unknown flag " + a);
-  }
+  snapback::ParseCommandLineOrExit(argc, argv, "snapback-demo-job", kUsage, __FILE__);
+  const int64_t steps = absl::GetFlag(FLAGS_steps);
+  const int64_t save_every = absl::GetFlag(FLAGS_save_every);
+  const uint64_t mib = absl::GetFlag(FLAGS_mib);
+  int64_t kill_at = absl::GetFlag(FLAGS_kill_self_mid_save);
+  const int64_t step_ms = absl::GetFlag(FLAGS_step_ms);
+  const std::string progress_dir = absl::GetFlag(FLAGS_progress_dir);
   const size_t floats = (mib << 20) / 4 / kLayers;
 
   auto client = snapback::Client::Connect({});

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -29,9 +30,16 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "rpc/storage_client.h"
 #include "common/codec.h"
+#include "common/flags.h"
 #include "common/hash.h"
+#include "rpc/storage_client.h"
+
+ABSL_FLAG(std::string, endpoint, "", "the storage node, HOST:PORT (required)");
+ABSL_FLAG(uint64_t, mib, 384, "MiB of synthetic checkpoint to stream");
+ABSL_FLAG(uint64_t, chunk_mib, 4, "chunk size in MiB, 1..16");
+ABSL_FLAG(int, streams, 2, "parallel upload streams, 1..64");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the node's certificate (TLS)");
 
 namespace {
 
@@ -40,13 +48,16 @@ using snapback::EncodedChunk;
 using snapback::internal_client::StorageClient;
 using snapback::internal_client::StorageClientOptions;
 
+constexpr char kProgram[] = "snapback-storage-demo";
 constexpr char kUsage[] =
     "usage: snapback-storage-demo --endpoint HOST:PORT [--mib 384] [--chunk-mib 4]\n"
-    "                             [--streams 2] [--tls-ca FILE]\n";
+    "                             [--streams 2] [--tls-ca FILE]\n"
+    "\n"
+    "Streams a synthetic fp32/bf16 checkpoint through a storage node and reads it back\n"
+    "verified bit for bit (step 1 of ./dev demo).";
 
 [[noreturn]] void BadFlag(const std::string& message) {
-  std::fprintf(stderr, "snapback-storage-demo: %s\n%s", message.c_str(), kUsage);
-  std::exit(2);
+  snapback::ExitBadFlag(kProgram, message);
 }
 
 struct Flags {
@@ -58,48 +69,20 @@ struct Flags {
 };
 
 Flags ParseFlags(int argc, char** argv) {
+  snapback::ParseCommandLineOrExit(argc, argv, kProgram, kUsage, __FILE__);
   Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    if (arg.substr(0, 2) != "--") {
-      BadFlag(absl::StrCat("unexpected argument '", arg, "'"));
-    }
-    std::string name(arg.substr(2));
-    std::string value;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    } else {
-      if (i + 1 >= argc) BadFlag(absl::StrCat("--", name, " needs a value"));
-      value = argv[++i];
-    }
-    if (name == "endpoint") {
-      flags.endpoint = value;
-    } else if (name == "mib") {
-      if (!absl::SimpleAtoi(value, &flags.mib) || flags.mib < 1 ||
-          flags.mib > (1u << 20)) {
-        BadFlag("--mib must be a positive number of MiB");
-      }
-    } else if (name == "chunk-mib") {
-      if (!absl::SimpleAtoi(value, &flags.chunk_mib) || flags.chunk_mib < 1 ||
-          flags.chunk_mib > 16) {
-        BadFlag("--chunk-mib must be 1..16 (the node's default chunk limit is 16 MiB)");
-      }
-    } else if (name == "streams") {
-      if (!absl::SimpleAtoi(value, &flags.streams) || flags.streams < 1 ||
-          flags.streams > 64) {
-        BadFlag("--streams must be 1..64");
-      }
-    } else if (name == "tls-ca") {
-      flags.tls_ca = value;
-    } else {
-      BadFlag(absl::StrCat("unknown flag --", name));
-    }
+  flags.endpoint = absl::GetFlag(FLAGS_endpoint);
+  flags.mib = absl::GetFlag(FLAGS_mib);
+  if (flags.mib < 1 || flags.mib > (1u << 20)) {
+    BadFlag("--mib must be a positive number of MiB");
   }
+  flags.chunk_mib = absl::GetFlag(FLAGS_chunk_mib);
+  if (flags.chunk_mib < 1 || flags.chunk_mib > 16) {
+    BadFlag("--chunk-mib must be 1..16 (the node's default chunk limit is 16 MiB)");
+  }
+  flags.streams = absl::GetFlag(FLAGS_streams);
+  if (flags.streams < 1 || flags.streams > 64) BadFlag("--streams must be 1..64");
+  flags.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   if (flags.endpoint.empty()) {
     BadFlag("--endpoint is required: the HOST:PORT a snapback-server prints on start");
   }

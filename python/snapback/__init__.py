@@ -58,6 +58,8 @@ from snapback._core import (
     Unimplemented,
     Unknown,
     dtype_size,
+    get_log_level,
+    set_log_level,
 )
 
 __version__ = "0.1.0"
@@ -93,6 +95,8 @@ __all__ = [
     "checkpointer_options",
     "connect",
     "dtype_size",
+    "get_log_level",
+    "set_log_level",
 ]
 
 

@@ -34,6 +34,11 @@ DTYPES: Tuple[str, ...]
 
 def dtype_size(dtype: str) -> int: ...
 
+# -- logging (client.cc) -------------------------------------------------------
+
+def set_log_level(level: str) -> None: ...
+def get_log_level() -> str: ...
+
 class Tensor:
     def __init__(
         self,

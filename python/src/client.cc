@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "python/src/bindings.h"
+#include "snapback/log.h"
 
 namespace snapback::python {
 
@@ -88,6 +89,34 @@ Raises:
 Example:
   >>> ck = client.new_checkpointer()
 )doc");
+
+  m.def(
+      "set_log_level",
+      [](const std::string& level) {
+        LogLevel parsed;
+        if (!ParseLogLevel(level, &parsed)) {
+          throw py::value_error("unknown log level '" + level +
+                                "'; use debug, info, warning, error or off");
+        }
+        SetLogLevel(parsed);
+      },
+      py::arg("level"),
+      R"doc(Sets the level of the library's own messages (printed on stderr).
+
+Messages below the level are dropped: a refused heartbeat, a failed
+background upload, a detector decision. The default is SNAPBACK_LOG_LEVEL,
+else "info".
+
+Args:
+  level: "debug", "info", "warning", "error" or "off".
+Raises:
+  ValueError: an unknown level.
+Example:
+  >>> snapback.set_log_level("warning")
+)doc");
+  m.def(
+      "get_log_level", [] { return std::string(LogLevelName(GetLogLevel())); },
+      "The level set by set_log_level (or SNAPBACK_LOG_LEVEL): a level name.");
 }
 
 }  // namespace snapback::python

@@ -317,3 +317,17 @@ def test_data_loss(fresh_server, job):
         with pytest.raises(snapback.DataLoss, match="no good copy") as e:
             ck.restore()
         assert e.value.code == "DATA_LOSS"
+
+
+def test_log_level_is_set_validated_and_read_back():
+    before = snapback.get_log_level()
+    try:
+        snapback.set_log_level("WARNING")
+        assert snapback.get_log_level() == "warning"
+        snapback.set_log_level("off")
+        assert snapback.get_log_level() == "off"
+        with pytest.raises(ValueError, match="unknown log level 'loud'"):
+            snapback.set_log_level("loud")
+        assert snapback.get_log_level() == "off"
+    finally:
+        snapback.set_log_level(before)
