@@ -3,14 +3,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/ascii.h"
@@ -18,22 +14,18 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-
-extern char** environ;
+#include "common/process.h"
 
 namespace snapback::detector {
 namespace {
 
-// glibc 2.36's <sys/pidfd.h> lacks C linkage for C++ callers.
-int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
-
-// Owns the file descriptors and spawn objects of one RunCommand call.
+// Our ends of the command's stdout and stderr pipes (Drain closes each at
+// EOF).
 struct Fds {
-  int out[2] = {-1, -1};
-  int err[2] = {-1, -1};
-  int pidfd = -1;
+  int out = -1;
+  int err = -1;
   ~Fds() {
-    for (int fd : {out[0], out[1], err[0], err[1], pidfd}) {
+    for (int fd : {out, err}) {
       if (fd >= 0) close(fd);
     }
   }
@@ -113,73 +105,26 @@ absl::StatusOr<CommandResult> RunCommand(
   }
   const std::string cmdline = CommandLine(argv);
 
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    absl::string_view kv(*e);
-    if (extra_env.count(std::string(kv.substr(0, kv.find('=')))) > 0) continue;
-    env_strings.emplace_back(kv);
+  SpawnOptions options;
+  options.env = extra_env;
+  options.in = Stdio::DevNull();
+  options.out = Stdio::Pipe();
+  options.err = Stdio::Pipe();
+  options.new_process_group = true;
+  absl::StatusOr<Process> spawned = Process::Spawn(argv, options);
+  if (!spawned.ok()) {
+    return absl::Status(
+        spawned.status().code(),
+        absl::StrCat(spawned.status().message(), " (command: ", cmdline, ")"));
   }
-  for (const auto& [k, v] : extra_env) env_strings.push_back(absl::StrCat(k, "=", v));
-  std::vector<char*> envp, args;
-  for (std::string& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_copy = argv;
-  for (std::string& s : argv_copy) args.push_back(s.data());
-  args.push_back(nullptr);
-
+  Process& child = *spawned;
   Fds fds;
-  if (pipe2(fds.out, O_CLOEXEC) != 0 || pipe2(fds.err, O_CLOEXEC) != 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot run `", cmdline, "`: pipe: ", strerror(errno)));
-  }
+  fds.out = child.ReleaseStdout();
+  fds.err = child.ReleaseStderr();
   // Only our ends are non-blocking: after the command exits, Drain() must not
   // wait for a background process that still holds the write end.
-  for (int fd : {fds.out[0], fds.err[0]}) {
+  for (int fd : {fds.out, fds.err}) {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  }
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, fds.out[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, fds.err[1], STDERR_FILENO);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(
-      &attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  // Ignored signals (gRPC ignores SIGPIPE) would otherwise stay ignored in
-  // the command.
-  posix_spawnattr_setsigdefault(&attr, &all);
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, args[0], &actions, &attr, args.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  CloseFd(fds.out[1]);
-  CloseFd(fds.err[1]);
-  if (rc != 0) {
-    const char* path = std::getenv("PATH");
-    const std::string where =
-        argv[0].find('/') != std::string::npos
-            ? std::string()
-            : absl::StrCat(" (looked up in PATH=", path ? path : "", ")");
-    const std::string msg = absl::StrCat("cannot run `", argv[0], "`", where, ": ",
-                                         strerror(rc), " (command: ", cmdline, ")");
-    if (rc == ENOENT || rc == ENOTDIR) return absl::NotFoundError(msg);
-    return absl::InternalError(msg);
-  }
-
-  fds.pidfd = PidfdOpen(pid);
-  if (fds.pidfd < 0) {
-    const int err = errno;
-    kill(-pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-    return absl::InternalError(
-        absl::StrCat("running `", cmdline, "`: pidfd_open: ", strerror(err)));
   }
 
   CommandResult result;
@@ -188,9 +133,9 @@ absl::StatusOr<CommandResult> RunCommand(
   while (!exited) {
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
-      kill(-pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-      Drain(fds.err[0], result.err);
+      child.SignalGroup(SIGKILL);
+      child.Reap();
+      Drain(fds.err, result.err);
       const std::string tail = LastLines(result.err, 3);
       return absl::DeadlineExceededError(absl::StrCat(
           "`", cmdline, "` did not finish within ", absl::FormatDuration(timeout),
@@ -199,7 +144,7 @@ absl::StatusOr<CommandResult> RunCommand(
     }
     pollfd p[3];
     int n = 0;
-    for (int fd : {fds.out[0], fds.err[0], fds.pidfd}) {
+    for (int fd : {fds.out, fds.err, child.pidfd()}) {
       if (fd >= 0) p[n++] = {fd, POLLIN, 0};
     }
     // Round up so that the last poll does not spin on a sub-millisecond rest.
@@ -207,27 +152,23 @@ absl::StatusOr<CommandResult> RunCommand(
     const int ready = poll(p, n, static_cast<int>(std::min<int64_t>(ms, 1 << 30)));
     if (ready < 0 && errno != EINTR) {
       const int err = errno;
-      kill(-pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
+      child.SignalGroup(SIGKILL);
+      child.Reap();
       return absl::InternalError(
           absl::StrCat("running `", cmdline, "`: poll: ", strerror(err)));
     }
     // Pipes before the pidfd: all the command wrote before exiting is in them.
-    Drain(fds.out[0], result.out);
-    Drain(fds.err[0], result.err);
+    Drain(fds.out, result.out);
+    Drain(fds.err, result.err);
     for (int i = 0; i < n && ready > 0; ++i) {
-      if (p[i].fd == fds.pidfd && p[i].revents != 0) exited = true;
+      if (p[i].fd == child.pidfd() && p[i].revents != 0) exited = true;
     }
   }
-  int status = 0;
-  if (waitpid(pid, &status, 0) != pid) {
-    return absl::InternalError(
-        absl::StrCat("running `", cmdline, "`: waitpid: ", strerror(errno)));
-  }
-  Drain(fds.out[0], result.out);
-  Drain(fds.err[0], result.err);
-  if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  const ExitStatus status = child.Reap();
+  Drain(fds.out, result.out);
+  Drain(fds.err, result.err);
+  result.exit_code = status.exit_code;
+  result.signal = status.signal;
   return result;
 }
 

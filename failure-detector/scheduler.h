@@ -3,7 +3,8 @@
 //
 //   local  the job runs under snapback-launch, which holds a stream to the
 //          coordinator; a restart is an order on that stream (the embedded
-//          default; LocalAdapter in server/detector_service.cc).
+//          default; failure-detector/local_adapter.*, over the detector
+//          service's launcher streams).
 //   slurm  the job is a batch job submitted with `sbatch --requeue`; a restart
 //          is `scontrol requeue <id>`, cancel is `scancel <id>`, status is
 //          `scontrol show job <id>` (failure-detector/slurm_adapter.*).

@@ -10,9 +10,6 @@
 namespace snapback::server {
 
 using detector::Heartbeat;
-using detector::JobBinding;
-using detector::SchedulerJobState;
-using detector::SchedulerStatus;
 
 class DetectorServiceImpl::Stream {
  public:
@@ -294,43 +291,13 @@ class DetectorServiceImpl::LaunchStream final
   std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
 };
 
-// The "local" scheduler: orders go to the job's snapback-launch.
-class LocalAdapter final : public detector::SchedulerAdapter {
- public:
-  explicit LocalAdapter(DetectorServiceImpl* service) : service_(service) {}
-  std::string name() const override { return "local"; }
-  absl::Status Restart(const JobBinding& job, int64_t incarnation,
-                       absl::string_view reason) override {
-    v1::LauncherOrder order;
-    order.mutable_start()->set_incarnation(incarnation);
-    order.mutable_start()->set_reason(std::string(reason));
-    return service_->SendToLauncher(job.job_id, std::move(order));
-  }
-  absl::Status Cancel(const JobBinding& job, absl::string_view reason) override {
-    v1::LauncherOrder order;
-    order.mutable_cancel()->set_reason(std::string(reason));
-    return service_->SendToLauncher(job.job_id, std::move(order));
-  }
-  absl::StatusOr<SchedulerStatus> Status(const JobBinding& job) override {
-    if (service_->HasLauncher(job.job_id)) {
-      return SchedulerStatus{.state = SchedulerJobState::kRunning,
-                             .detail = "snapback-launch connected"};
-    }
-    return SchedulerStatus{.state = SchedulerJobState::kUnknown,
-                           .detail = "no snapback-launch connected"};
-  }
-
- private:
-  DetectorServiceImpl* const service_;
-};
-
 DetectorServiceImpl::DetectorServiceImpl(detector::Detector* detector,
                                          coordinator::CoordinatorStore* store,
                                          ThreadPool* pool)
     : detector_(detector),
       store_(store),
       pool_(pool),
-      local_(std::make_shared<LocalAdapter>(this)) {}
+      local_(std::make_shared<detector::LocalAdapter>(this)) {}
 
 DetectorServiceImpl::~DetectorServiceImpl() = default;
 
@@ -380,9 +347,25 @@ void DetectorServiceImpl::ClearLauncher(const std::string& job_id, LaunchStream*
   if (it != launchers_.end() && it->second == s) launchers_.erase(it);
 }
 
-bool DetectorServiceImpl::HasLauncher(const std::string& job_id) {
+bool DetectorServiceImpl::IsConnected(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   return launchers_.contains(job_id);
+}
+
+absl::Status DetectorServiceImpl::SendStart(const std::string& job_id,
+                                            int64_t incarnation,
+                                            absl::string_view reason) {
+  v1::LauncherOrder order;
+  order.mutable_start()->set_incarnation(incarnation);
+  order.mutable_start()->set_reason(std::string(reason));
+  return SendToLauncher(job_id, std::move(order));
+}
+
+absl::Status DetectorServiceImpl::SendCancel(const std::string& job_id,
+                                             absl::string_view reason) {
+  v1::LauncherOrder order;
+  order.mutable_cancel()->set_reason(std::string(reason));
+  return SendToLauncher(job_id, std::move(order));
 }
 
 absl::Status DetectorServiceImpl::SendToLauncher(const std::string& job_id,

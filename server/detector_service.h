@@ -4,8 +4,9 @@
 // Heartbeat streams feed the Detector; a stream that ends without a DONE
 // beat reports the rank dead. Launch streams connect snapback-launch: the
 // service registers the job bound to scheduler "local", answers the hello
-// with the incarnation to run, forwards rank exits to the Detector, and is
-// the "local" SchedulerAdapter: a restart is a Start order on the job's
+// with the incarnation to run, and forwards rank exits to the Detector. It is
+// the LauncherLink of the "local" scheduler adapter
+// (failure-detector/local_adapter): a restart is a Start order on the job's
 // launcher stream.
 //
 // Streams live as long as the processes behind them, so Server::Shutdown()
@@ -30,6 +31,7 @@
 #include "common/thread_pool.h"
 #include "coordinator/coordinator_store.h"
 #include "failure-detector/detector.h"
+#include "failure-detector/local_adapter.h"
 #include "failure-detector/scheduler.h"
 #include "snapback/v1/detector.grpc.pb.h"
 
@@ -58,7 +60,8 @@ class StoreJobDirectory final : public detector::JobDirectory {
   coordinator::CoordinatorStore* const store_;
 };
 
-class DetectorServiceImpl final : public v1::DetectorService::CallbackService {
+class DetectorServiceImpl final : public v1::DetectorService::CallbackService,
+                                  public detector::LauncherLink {
  public:
   DetectorServiceImpl(detector::Detector* detector, coordinator::CoordinatorStore* store,
                       ThreadPool* pool);
@@ -78,8 +81,15 @@ class DetectorServiceImpl final : public v1::DetectorService::CallbackService {
                                        const v1::RestartJobRequest* req,
                                        v1::JobHealth* resp) override;
 
-  // The "local" scheduler adapter (orders to snapback-launch).
+  // The "local" scheduler adapter (orders to snapback-launch), over this
+  // service as its LauncherLink.
   std::shared_ptr<detector::SchedulerAdapter> local_adapter() { return local_; }
+
+  // detector::LauncherLink: orders on the job's launcher stream.
+  absl::Status SendStart(const std::string& job_id, int64_t incarnation,
+                         absl::string_view reason) override;
+  absl::Status SendCancel(const std::string& job_id, absl::string_view reason) override;
+  bool IsConnected(const std::string& job_id) override;
 
   // Ends every open stream now; later stream ends are not failures.
   void BeginShutdown();
@@ -90,15 +100,13 @@ class DetectorServiceImpl final : public v1::DetectorService::CallbackService {
   class LaunchStream;
 
  private:
-  friend class LocalAdapter;
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx,
                                 std::function<absl::Status()> work);
   void Add(Stream* s);
   void Remove(Stream* s);
   bool shutting_down();
-  // The "local" adapter's orders: to the launcher of `job_id`.
+  // An order to the launcher of `job_id`.
   absl::Status SendToLauncher(const std::string& job_id, v1::LauncherOrder order);
-  bool HasLauncher(const std::string& job_id);
   void SetLauncher(const std::string& job_id, LaunchStream* s);
   void ClearLauncher(const std::string& job_id, LaunchStream* s);
 

@@ -5,12 +5,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,31 +29,11 @@
 #include "common/status_macros.h"
 #include "failure-detector/command.h"
 
-extern char** environ;
-
 namespace snapback::testing {
 namespace {
 
 using detector::CommandResult;
 using detector::RunCommand;
-
-int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
-int PidfdKill(int pidfd, int sig) {
-  return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
-}
-
-// True when the process behind `pidfd` exits within `timeout`.
-bool WaitPidfd(int pidfd, absl::Duration timeout) {
-  pollfd p{pidfd, POLLIN, 0};
-  const absl::Time deadline = absl::Now() + timeout;
-  while (true) {
-    const int64_t ms =
-        std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now()));
-    const int rc = poll(&p, 1, static_cast<int>(ms));
-    if (rc < 0 && errno == EINTR) continue;
-    return rc == 1;
-  }
-}
 
 // `name` in PATH or in the sbin directories (which a non-login root shell,
 // or ctest's environment, may leave out of PATH); "" when absent.
@@ -280,58 +257,29 @@ absl::Status SlurmCluster::StartDaemon(const std::string& name,
   Daemon d;
   d.name = name;
   d.out_path = dir_ + "/" + name + ".out";
+  SpawnOptions options;
+  options.search_path = false;
   // The daemons (and so slurmstepd and the jobs) get this cluster's
   // SLURM_CONF and no other SLURM_* (the test may itself run under Slurm).
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, "SLURM_")) env_strings.emplace_back(*e);
-  }
-  env_strings.push_back("SLURM_CONF=" + conf_path_);
-  std::vector<char*> envp, args;
-  for (std::string& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  for (std::string& s : argv) args.push_back(s.data());
-  args.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, d.out_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(
-      &attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  const int rc = posix_spawn(&d.pid, args[0], &actions, &attr, args.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) {
+  options.unset_env = {"SLURM_*"};
+  options.env = {{"SLURM_CONF", conf_path_}};
+  options.in = Stdio::DevNull();
+  options.out = Stdio::File(d.out_path);
+  options.err = Stdio::SameAsStdout();
+  options.new_process_group = true;
+  absl::StatusOr<Process> process = Process::Spawn(argv, options);
+  if (!process.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot start ", name, " (", argv[0], "): ", strerror(rc)));
+        absl::StrCat("cannot start ", name, ": ", process.status().message()));
   }
-  d.pidfd = PidfdOpen(d.pid);
-  if (d.pidfd < 0) {
-    const int err = errno;
-    kill(-d.pid, SIGKILL);
-    waitpid(d.pid, nullptr, 0);
-    return absl::FailedPreconditionError(
-        absl::StrCat("pidfd_open for ", name, ": ", strerror(err)));
-  }
-  daemons_.push_back(d);
+  d.process = *std::move(process);
+  daemons_.push_back(std::move(d));
   return absl::OkStatus();
 }
 
 absl::Status SlurmCluster::CheckAlive() const {
   for (const Daemon& d : daemons_) {
-    pollfd p{d.pidfd, POLLIN, 0};
-    if (poll(&p, 1, 0) != 1) continue;
+    if (!d.process.HasExited()) continue;
     const std::string said = absl::StrCat(TailFile(d.out_path, 15), "\n", LogTail());
     const std::string msg =
         absl::StrCat(d.name, " exited during start-up; its output:\n", said);
@@ -349,21 +297,18 @@ absl::Status SlurmCluster::CheckAlive() const {
 
 void SlurmCluster::WaitOnDaemons(absl::Duration timeout) const {
   std::vector<pollfd> fds;
-  for (const Daemon& d : daemons_) fds.push_back({d.pidfd, POLLIN, 0});
+  for (const Daemon& d : daemons_) fds.push_back({d.process.pidfd(), POLLIN, 0});
   poll(fds.data(), fds.size(), static_cast<int>(absl::ToInt64Milliseconds(timeout)));
 }
 
 void SlurmCluster::StopDaemon(Daemon& d, absl::Duration grace) {
-  if (d.pid < 0) return;
-  kill(-d.pid, SIGTERM);
-  WaitPidfd(d.pidfd, grace);
+  if (!d.process.valid()) return;
+  d.process.SignalGroup(SIGTERM);
+  d.process.WaitExited(grace);
   // Before the reap, while the (possibly dead) leader still holds its pid as
   // the group id: the rest of its group (slurmctld's slurmscriptd) goes too.
-  kill(-d.pid, SIGKILL);
-  waitpid(d.pid, nullptr, 0);
-  close(d.pidfd);
-  d.pid = -1;
-  d.pidfd = -1;
+  d.process.SignalGroup(SIGKILL);
+  d.process.Reap();
 }
 
 void SlurmCluster::KillLeftovers() {
@@ -384,7 +329,7 @@ void SlurmCluster::KillLeftovers() {
       if (!ours) continue;
       const int fd = PidfdOpen(pid);  // signals go to this process, even if pids wrap
       if (fd < 0) continue;
-      PidfdKill(fd, SIGKILL);
+      PidfdSendSignal(fd, SIGKILL);
       pidfds.push_back(fd);
     }
     closedir(proc);

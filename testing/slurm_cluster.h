@@ -45,6 +45,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/process.h"
 
 namespace snapback::testing {
 
@@ -97,8 +98,7 @@ class SlurmCluster {
  private:
   struct Daemon {
     std::string name;
-    pid_t pid = -1;
-    int pidfd = -1;
+    Process process;       // in a process group of its own
     std::string out_path;  // its stdout and stderr
   };
 

@@ -1,36 +1,30 @@
 #include "testing/subprocess.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
-#include <cstring>
+#include <string>
 
 #include "absl/time/clock.h"
 
 namespace snapback::testing {
 
 Subprocess::Subprocess(std::vector<std::string> argv) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) std::abort();
-  pid_ = fork();
-  if (pid_ < 0) std::abort();
-  if (pid_ == 0) {
-    dup2(fds[1], STDOUT_FILENO);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
+  SpawnOptions options;
+  options.search_path = false;
+  options.out = Stdio::Pipe();
+  absl::StatusOr<Process> process = Process::Spawn(argv, options);
+  if (!process.ok()) {
+    std::fprintf(stderr, "Subprocess: %s\n", process.status().ToString().c_str());
+    std::abort();
   }
-  close(fds[1]);
-  out_fd_ = fds[0];
+  process_ = *std::move(process);
+  pid_ = process_.pid();
+  out_fd_ = process_.stdout_fd();
 }
 
 Subprocess::~Subprocess() {
@@ -38,7 +32,6 @@ Subprocess::~Subprocess() {
     Kill(SIGKILL);
     Wait(absl::Seconds(30));
   }
-  if (out_fd_ >= 0) close(out_fd_);
 }
 
 std::optional<std::string> Subprocess::ReadLine(absl::Duration timeout) {
@@ -73,31 +66,17 @@ std::optional<std::string> Subprocess::WaitForLine(const std::string& prefix,
 }
 
 void Subprocess::Kill(int signal) {
-  if (!exited_) kill(pid_, signal);
+  if (!exited_) process_.Signal(signal);
 }
 
 int Subprocess::Wait(absl::Duration timeout) {
   if (exited_) return exit_code_;
-  // A pidfd becomes readable when the child exits: wait on it with a
-  // deadline instead of polling waitpid().
-  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
-  if (pidfd >= 0) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (true) {
-      pollfd p{pidfd, POLLIN, 0};
-      const int64_t ms =
-          std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now()));
-      const int rc = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1 << 30)));
-      if (rc < 0 && errno == EINTR) continue;
-      break;
-    }
-    close(pidfd);
-  }
-  int status = 0;
-  // Already reaped by nobody else; WNOHANG: still running means timeout.
-  if (waitpid(pid_, &status, pidfd >= 0 ? WNOHANG : 0) != pid_) return -1;
+  // The pidfd becomes readable when the child exits: a wait with a deadline
+  // instead of polling waitpid().
+  if (!process_.WaitExited(timeout)) return -1;
+  const ExitStatus e = process_.Reap();
   exited_ = true;
-  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  exit_code_ = e.signal == 0 ? e.exit_code : 128 + e.signal;
   return exit_code_;
 }
 

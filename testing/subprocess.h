@@ -1,6 +1,6 @@
-// A child process for multi-process tests: started with fork+exec, stdout
-// captured through a pipe and read line by line with deadlines, killed for
-// real (SIGKILL) when a test says so.
+// A child process for multi-process tests: started with common/process
+// (posix_spawn), stdout captured through a pipe and read line by line with
+// deadlines, killed for real (SIGKILL) when a test says so.
 #ifndef SNAPBACK_TESTING_SUBPROCESS_H_
 #define SNAPBACK_TESTING_SUBPROCESS_H_
 
@@ -11,13 +11,14 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "common/process.h"
 
 namespace snapback::testing {
 
 class Subprocess {
  public:
-  // Starts argv[0] (a path) with argv. Aborts the test binary when fork or
-  // exec is impossible (nothing to test then).
+  // Starts argv[0] (a path) with argv. Aborts the test binary, saying why,
+  // when it cannot be started (nothing to test then).
   explicit Subprocess(std::vector<std::string> argv);
   ~Subprocess();  // SIGKILLs a child still running, reaps it
   Subprocess(const Subprocess&) = delete;
@@ -40,8 +41,9 @@ class Subprocess {
   static std::string BinPath(const std::string& name);
 
  private:
-  pid_t pid_ = -1;
-  int out_fd_ = -1;
+  Process process_;
+  pid_t pid_ = -1;   // stays set after the reap
+  int out_fd_ = -1;  // the child's stdout (owned by process_)
   std::string buffer_;
   bool exited_ = false;
   int exit_code_ = -1;

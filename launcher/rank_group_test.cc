@@ -1,4 +1,4 @@
-#include "failure-detector/rank_group.h"
+#include "launcher/rank_group.h"
 
 #include <signal.h>
 
@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "testing/test_util.h"
 
-namespace snapback::detector {
+namespace snapback::launcher {
 namespace {
 
 using testing::TempDir;
@@ -121,6 +121,23 @@ TEST(RankGroup, RanksGetSigtermEvenWhenTheLauncherBlocksIt) {
   EXPECT_EQ(g.running(), 0);
 }
 
+TEST(RankGroup, ARankCommandThatCannotBeExecutedIsAFailedRank) {
+  // Not an error of Start(): the detector decides, as for any failed rank.
+  RankGroup g({.job_id = "j",
+               .nproc = 2,
+               .argv = {"snapback-no-such-rank-command"},
+               .endpoint = "",
+               .env = {}});
+  ASSERT_TRUE(g.Start(1).ok());
+  std::map<int, RankExit> exits;
+  while (auto e = g.WaitExit(absl::Seconds(10))) exits[e->rank] = *e;
+  ASSERT_EQ(exits.size(), 2u);
+  for (const auto& [rank, e] : exits) {
+    EXPECT_EQ(e.exit_code, 127);
+    EXPECT_EQ(e.cls, ExitClass::kRestart);
+  }
+}
+
 TEST(RankGroup, RestartAsANewIncarnationAfterStopping) {
   RankGroup g(Sh("exec sleep 60", 2));
   ASSERT_TRUE(g.Start(1).ok());
@@ -134,4 +151,4 @@ TEST(RankGroup, RestartAsANewIncarnationAfterStopping) {
 }
 
 }  // namespace
-}  // namespace snapback::detector
+}  // namespace snapback::launcher

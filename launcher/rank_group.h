@@ -15,10 +15,13 @@
 //   any other code         failure: restart
 //   killed by a signal     failure: restart
 //
-// Exits are waited for with pidfds and poll(), not by polling waitpid.
+// Processes are started by common/process (an empty signal mask and default
+// dispositions in every rank; a rank command that cannot be executed is a
+// rank that exits with 127, so it restarts like any failed rank). Exits are
+// waited for with pidfds and poll(), not by polling waitpid.
 // Not thread-safe: one owner.
-#ifndef SNAPBACK_FAILURE_DETECTOR_RANK_GROUP_H_
-#define SNAPBACK_FAILURE_DETECTOR_RANK_GROUP_H_
+#ifndef SNAPBACK_LAUNCHER_RANK_GROUP_H_
+#define SNAPBACK_LAUNCHER_RANK_GROUP_H_
 
 #include <sys/types.h>
 
@@ -30,8 +33,9 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/process.h"
 
-namespace snapback::detector {
+namespace snapback::launcher {
 
 inline constexpr int kExitRestartMe = 75;  // EX_TEMPFAIL
 inline constexpr int kExitNoRestart = 78;  // EX_CONFIG
@@ -88,9 +92,7 @@ class RankGroup {
  private:
   struct Proc {
     int rank;
-    pid_t pid;
-    int pidfd;
-    bool alive;
+    Process process;  // valid() while the rank runs
   };
   std::optional<RankExit> Reap(Proc& p);
 
@@ -99,6 +101,6 @@ class RankGroup {
   std::vector<Proc> procs_;
 };
 
-}  // namespace snapback::detector
+}  // namespace snapback::launcher
 
-#endif  // SNAPBACK_FAILURE_DETECTOR_RANK_GROUP_H_
+#endif  // SNAPBACK_LAUNCHER_RANK_GROUP_H_
