@@ -5,7 +5,7 @@
 //
 //   local-crash   snapback-launch, 2 ranks; SIGKILL a random rank at a random step
 //   local-freeze  the same with SIGSTOP (a frozen process: heartbeats stop)
-//   slurm-crash   a real private Slurm cluster (tests/slurm_cluster.h), 2 ranks
+//   slurm-crash   a real private Slurm cluster (testing/slurm_cluster.h), 2 ranks
 //                 in one batch job submitted once with --requeue; SIGKILL a rank;
 //                 the detector requeues the job (skipped, with the reason, when
 //                 Slurm cannot run here)

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "snapback/tensor.h"
 
 namespace snapback::coordinator::internal {
 
@@ -107,13 +108,8 @@ absl::Status CheckRankInRange(const v1::RankRef& ref, const v1::JobInfo& job) {
 }
 
 int DtypeSize(absl::string_view dtype) {
-  static constexpr std::pair<absl::string_view, int> kDtypes[] = {
-      {"float32", 4}, {"bfloat16", 2}, {"float16", 2}, {"float64", 8}, {"int8", 1},
-      {"uint8", 1},   {"int16", 2},    {"int32", 4},   {"int64", 8},   {"bool", 1}};
-  for (const auto& [name, size] : kDtypes) {
-    if (name == dtype) return size;
-  }
-  return 0;
+  absl::StatusOr<DType> parsed = ParseDType(dtype);
+  return parsed.ok() ? static_cast<int>(DTypeSize(*parsed)) : 0;
 }
 
 absl::Status ValidName(absl::string_view name, absl::string_view where) {

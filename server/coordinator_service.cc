@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "rpc/grpc_status.h"
 
 namespace snapback::server {
 namespace {
@@ -23,42 +22,14 @@ absl::Status Fill(absl::StatusOr<T> result, T* response) {
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::Run(
     grpc::CallbackServerContext* ctx, absl::string_view rpc,
     std::function<absl::Status()> work) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  {
-    absl::MutexLock lock(&mu_);
-    ++active_calls_;
-  }
-  pool_->Schedule([this, ctx, reactor, rpc = std::string(rpc), work = std::move(work)] {
-    absl::Status status;
-    // Calls may queue behind others (mutations are serialized in the
-    // store); one whose caller gave up is not started at all.
-    if (ctx->deadline() <= std::chrono::system_clock::now()) {
-      status = absl::DeadlineExceededError(
-          absl::StrCat(rpc, ": the deadline passed before the call could run"));
-    } else if (ctx->IsCancelled()) {
-      status = absl::CancelledError(absl::StrCat(rpc, " cancelled by the client"));
-    } else {
-      status = work();
-    }
-    reactor->Finish(ToGrpcStatus(status));
-    absl::MutexLock lock(&mu_);
-    --active_calls_;
-  });
-  return reactor;
+  return rpc::RunOnPool(ctx, pool_, &calls_, rpc, std::move(work));
 }
 
 bool CoordinatorServiceImpl::WaitIdle(absl::Time deadline) {
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithDeadline(
-      absl::Condition(
-          +[](int* calls) { return *calls == 0; }, &active_calls_),
-      deadline);
+  return calls_.WaitIdle(deadline);
 }
 
-int CoordinatorServiceImpl::TEST_ActiveCalls() {
-  absl::MutexLock lock(&mu_);
-  return active_calls_;
-}
+int CoordinatorServiceImpl::TEST_ActiveCalls() { return calls_.active(); }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::RegisterJob(
     grpc::CallbackServerContext* ctx, const v1::RegisterJobRequest* req,

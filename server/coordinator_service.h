@@ -11,7 +11,7 @@
 // never half-applied because its caller went away; the client learns the
 // outcome by retrying, which is idempotent.)
 //
-// absl::Status -> grpc::Status only through common/grpc_status.h.
+// absl::Status -> grpc::Status only through rpc/unary.h (rpc/grpc_status.h).
 //
 // Thread-safe. The store and the pool must outlive the service, and the
 // service must outlive the grpc::Server it is registered with; WaitIdle()
@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "common/thread_pool.h"
 #include "coordinator/coordinator_store.h"
+#include "rpc/unary.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 
 namespace snapback::server {
@@ -111,8 +112,7 @@ class CoordinatorServiceImpl final
   coordinator::CoordinatorStore* const store_;
   ThreadPool* const pool_;
   std::function<void(const std::string&, int64_t)> on_commit_;
-  absl::Mutex mu_;
-  int active_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  rpc::CallTracker calls_;
 };
 
 }  // namespace snapback::server

@@ -1,5 +1,5 @@
 // The slurm scheduler adapter against a real, private Slurm cluster
-// (tests/slurm_cluster.h): requeue, cancel and status of real batch jobs, and
+// (testing/slurm_cluster.h): requeue, cancel and status of real batch jobs, and
 // Slurm's refusals. Skips when the cluster cannot run here (not root, Slurm
 // not installed); fails when it runs but misbehaves.
 #include "failure-detector/slurm_adapter.h"

@@ -1,5 +1,5 @@
 // The failure detector with the slurm scheduler, end to end against a real,
-// private Slurm cluster (tests/slurm_cluster.h): a 2-rank snapback-demo-job
+// private Slurm cluster (testing/slurm_cluster.h): a 2-rank snapback-demo-job
 // submitted with `sbatch --requeue` loses a rank to SIGKILL; the detector
 // raises the job's incarnation and requeues the batch job with `scontrol
 // requeue`; the requeued ranks learn the new incarnation from the
