@@ -35,8 +35,7 @@ class HeartbeatStream final
   }
 
   void Stop() override {
-    FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "the coordinator is shutting down; reconnect"));
+    FinishOnce(absl::UnavailableError("the coordinator is shutting down; reconnect"));
   }
 
   void OnReadDone(bool ok) override {
@@ -46,16 +45,15 @@ class HeartbeatStream final
       if (started_ && !fenced_ && !shutting_down_()) {
         detector_->OnStreamEnded(job_, rank_, incarnation_, done_);
       }
-      FinishOnce(grpc::Status::OK);
+      FinishOnce(absl::OkStatus());
       return;
     }
     const v1::RankRef& ref = req_.rank();
     if (!started_) {
       if (ref.job_id().empty() || ref.rank() < 0 || ref.incarnation() < 0) {
-        FinishOnce(
-            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                         "the first heartbeat must name the job, a rank >= 0 and an "
-                         "incarnation >= 0"));
+        FinishOnce(absl::InvalidArgumentError(
+            "the first heartbeat must name the job, a rank >= 0 and an "
+            "incarnation >= 0"));
         return;
       }
       job_ = ref.job_id();
@@ -64,9 +62,9 @@ class HeartbeatStream final
       started_ = true;
     } else if (ref.job_id() != job_ || ref.rank() != rank_ ||
                ref.incarnation() != incarnation_) {
-      FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              "a heartbeat stream carries one rank of one incarnation; "
-                              "open a new stream for another"));
+      FinishOnce(absl::InvalidArgumentError(
+          "a heartbeat stream carries one rank of one incarnation; "
+          "open a new stream for another"));
       return;
     }
     if (req_.phase() == v1::DONE) {
@@ -87,11 +85,11 @@ class HeartbeatStream final
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       finished_ = true;
-      StartWriteAndFinish(&resp_, grpc::WriteOptions(), grpc::Status::OK);
+      StartWriteAndFinish(&resp_, grpc::WriteOptions(), ToGrpcStatus(absl::OkStatus()));
       return;
     }
     if (!s.ok()) {
-      FinishOnce(ToGrpcStatus(s));
+      FinishOnce(s);
       return;
     }
     StartRead(&req_);
@@ -103,11 +101,11 @@ class HeartbeatStream final
   }
 
  private:
-  void FinishOnce(const grpc::Status& status) {
+  void FinishOnce(const absl::Status& status) {
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     finished_ = true;
-    Finish(status);
+    Finish(ToGrpcStatus(status));
   }
 
   detector::Detector* const detector_;
@@ -136,8 +134,7 @@ class DetectorServiceImpl::LaunchStream final
   }
 
   void Stop() override {
-    FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "the coordinator is shutting down; reconnect"));
+    FinishOnce(absl::UnavailableError("the coordinator is shutting down; reconnect"));
   }
 
   // Queues an order; FAILED_PRECONDITION when the stream is ending.
@@ -164,19 +161,18 @@ class DetectorServiceImpl::LaunchStream final
     writing_ = false;
     if (pending_finish_ && !finished_ && !hello_running_) {
       finished_ = true;
-      Finish(*pending_finish_);
+      Finish(ToGrpcStatus(*pending_finish_));
     }
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      FinishOnce(grpc::Status::OK);  // the launcher went away
+      FinishOnce(absl::OkStatus());  // the launcher went away
       return;
     }
     if (!hello_done_) {
       if (!event_.has_hello()) {
-        FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                "a launcher stream starts with a hello"));
+        FinishOnce(absl::InvalidArgumentError("a launcher stream starts with a hello"));
         return;
       }
       // Registering writes the metadata (synced): not on a gRPC thread. No
@@ -188,14 +184,10 @@ class DetectorServiceImpl::LaunchStream final
         if (finished_ || pending_finish_) return;
         hello_running_ = true;
       }
-      {
-        absl::MutexLock lock(&service_->mu_);
-        ++service_->active_calls_;
-      }
+      service_->calls_.Started();
       service_->pool_->Schedule([this, service = service_] {
         Hello();  // may end in Finish(): `this` is not touched after it
-        absl::MutexLock lock(&service->mu_);
-        --service->active_calls_;
+        service->calls_.Ended();
       });
       return;
     }
@@ -231,7 +223,7 @@ class DetectorServiceImpl::LaunchStream final
     absl::StatusOr<v1::RegisterJobResponse> registered =
         service_->store_->RegisterJob(reg);
     if (!registered.ok()) {
-      FinishOnce(ToGrpcStatus(registered.status()));
+      FinishOnce(registered.status());
       EndHello(false);
       return;
     }
@@ -240,7 +232,7 @@ class DetectorServiceImpl::LaunchStream final
     absl::StatusOr<int64_t> incarnation =
         service_->detector_->OnLauncherHello(job_, hello.running_incarnation());
     if (!incarnation.ok()) {
-      FinishOnce(ToGrpcStatus(incarnation.status()));
+      FinishOnce(incarnation.status());
       EndHello(false);
       return;
     }
@@ -264,11 +256,11 @@ class DetectorServiceImpl::LaunchStream final
     }
     if (!writing_ && !finished_) {
       finished_ = true;
-      Finish(*pending_finish_);
+      Finish(ToGrpcStatus(*pending_finish_));
     }
   }
 
-  void FinishOnce(const grpc::Status& status) {
+  void FinishOnce(const absl::Status& status) {
     absl::MutexLock lock(&mu_);
     if (finished_ || pending_finish_) return;
     if (writing_ || hello_running_) {
@@ -276,7 +268,7 @@ class DetectorServiceImpl::LaunchStream final
       return;
     }
     finished_ = true;
-    Finish(status);
+    Finish(ToGrpcStatus(status));
   }
 
   DetectorServiceImpl* const service_;
@@ -288,7 +280,7 @@ class DetectorServiceImpl::LaunchStream final
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool hello_running_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
 };
 
 DetectorServiceImpl::DetectorServiceImpl(detector::Detector* detector,
@@ -393,32 +385,16 @@ void DetectorServiceImpl::BeginShutdown() {
 }
 
 bool DetectorServiceImpl::WaitIdle(absl::Time deadline) {
+  if (!calls_.WaitIdle(deadline)) return false;
   absl::MutexLock lock(&mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return active_calls_ == 0 && streams_.empty();
-  };
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return streams_.empty(); };
   return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
-}
-
-grpc::ServerUnaryReactor* DetectorServiceImpl::Run(grpc::CallbackServerContext* ctx,
-                                                   std::function<absl::Status()> work) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  {
-    absl::MutexLock lock(&mu_);
-    ++active_calls_;
-  }
-  pool_->Schedule([this, reactor, work = std::move(work)] {
-    reactor->Finish(ToGrpcStatus(work()));
-    absl::MutexLock lock(&mu_);
-    --active_calls_;
-  });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* DetectorServiceImpl::GetJobHealth(
     grpc::CallbackServerContext* ctx, const v1::GetJobHealthRequest* req,
     v1::JobHealth* resp) {
-  return Run(ctx, [this, req, resp] {
+  return rpc::RunOnPool(ctx, pool_, &calls_, "GetJobHealth", [this, req, resp] {
     absl::StatusOr<v1::JobHealth> h = detector_->Health(req->job_id());
     if (!h.ok()) return h.status();
     *resp = *std::move(h);
@@ -429,7 +405,7 @@ grpc::ServerUnaryReactor* DetectorServiceImpl::GetJobHealth(
 grpc::ServerUnaryReactor* DetectorServiceImpl::ListIncidents(
     grpc::CallbackServerContext* ctx, const v1::ListIncidentsRequest* req,
     v1::ListIncidentsResponse* resp) {
-  return Run(ctx, [this, req, resp] {
+  return rpc::RunOnPool(ctx, pool_, &calls_, "ListIncidents", [this, req, resp] {
     absl::StatusOr<std::vector<v1::Incident>> list = detector_->Incidents(req->job_id());
     if (!list.ok()) return list.status();
     for (v1::Incident& i : *list) *resp->add_incidents() = std::move(i);
@@ -440,7 +416,7 @@ grpc::ServerUnaryReactor* DetectorServiceImpl::ListIncidents(
 grpc::ServerUnaryReactor* DetectorServiceImpl::RestartJob(
     grpc::CallbackServerContext* ctx, const v1::RestartJobRequest* req,
     v1::JobHealth* resp) {
-  return Run(ctx, [this, req, resp] {
+  return rpc::RunOnPool(ctx, pool_, &calls_, "RestartJob", [this, req, resp] {
     absl::Status s = detector_->RequestRestart(req->job_id(), req->reason());
     if (!s.ok()) return s;
     absl::StatusOr<v1::JobHealth> h = detector_->Health(req->job_id());

@@ -33,6 +33,7 @@
 #include "failure-detector/detector.h"
 #include "failure-detector/local_adapter.h"
 #include "failure-detector/scheduler.h"
+#include "rpc/unary.h"
 #include "snapback/v1/detector.grpc.pb.h"
 
 namespace snapback::server {
@@ -100,8 +101,6 @@ class DetectorServiceImpl final : public v1::DetectorService::CallbackService,
   class LaunchStream;
 
  private:
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx,
-                                std::function<absl::Status()> work);
   void Add(Stream* s);
   void Remove(Stream* s);
   bool shutting_down();
@@ -113,12 +112,12 @@ class DetectorServiceImpl final : public v1::DetectorService::CallbackService,
   detector::Detector* const detector_;
   coordinator::CoordinatorStore* const store_;
   ThreadPool* const pool_;
+  rpc::CallTracker calls_;  // unary calls in flight
   std::shared_ptr<detector::SchedulerAdapter> local_;
 
   absl::Mutex mu_;
   std::set<Stream*> streams_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, LaunchStream*> launchers_ ABSL_GUARDED_BY(mu_);
-  int active_calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
