@@ -14,14 +14,11 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "testing/server_fixture.h"
 #include "testing/test_util.h"
 
 namespace snapback::launcher {
 namespace {
-
-bool HaveCommand(const std::string& command) {
-  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
-}
 
 class LauncherTest : public ::testing::Test {
  protected:
@@ -33,9 +30,7 @@ class LauncherTest : public ::testing::Test {
 
   void StartServer(const std::string& cert = "", const std::string& key = "",
                    const std::string& client_ca = "") {
-    server::ServerOptions o;
-    o.data_dir = dir_.path() + "/node";
-    o.listen = "127.0.0.1:0";
+    server::ServerOptions o = testing::EmbeddedServerOptions(dir_.path() + "/node");
     o.tls_cert_file = cert;
     o.tls_key_file = key;
     o.tls_client_ca_file = client_ca;
@@ -47,12 +42,8 @@ class LauncherTest : public ::testing::Test {
   // A self-signed certificate for localhost and 127.0.0.1 in DIR/NAME.crt,
   // its key in DIR/NAME.key.
   void MakeCert(const std::string& name) {
-    const std::string cmd = absl::StrCat(
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-        "-days 1 -subj /CN=",
-        name, " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ", File(name),
-        ".key -out ", File(name), ".crt");
-    ASSERT_TRUE(HaveCommand(cmd)) << "failed: " << cmd;
+    const absl::Status made = testing::MakeSelfSignedCert(dir_.path(), name, name);
+    ASSERT_TRUE(made.ok()) << made;
   }
   std::string File(const std::string& name) { return dir_.path() + "/" + name; }
 
@@ -105,7 +96,7 @@ TEST_F(LauncherTest, ADoNotRestartExitCancelsTheLaunch) {
 }
 
 TEST_F(LauncherTest, OverTlsTheRanksGetTheCa) {
-  if (!HaveCommand("openssl version")) GTEST_SKIP() << "openssl CLI not found";
+  if (!testing::HaveOpenssl()) GTEST_SKIP() << "openssl CLI not found";
   MakeCert("server");
   StartServer(File("server.crt"), File("server.key"));
   absl::StatusOr<int> rc = Launcher::Run(Options("tls", File("server.crt")));
@@ -122,7 +113,7 @@ TEST_F(LauncherTest, OverTlsTheRanksGetTheCa) {
 }
 
 TEST_F(LauncherTest, MutualTlsNeedsTheLaunchersClientCertificate) {
-  if (!HaveCommand("openssl version")) GTEST_SKIP() << "openssl CLI not found";
+  if (!testing::HaveOpenssl()) GTEST_SKIP() << "openssl CLI not found";
   MakeCert("server");
   MakeCert("client");
   StartServer(File("server.crt"), File("server.key"), File("client.crt"));

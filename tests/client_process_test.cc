@@ -12,8 +12,9 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "testing/test_util.h"
+#include "testing/server_fixture.h"
 #include "testing/subprocess.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
@@ -23,10 +24,7 @@ using testing::Subprocess;
 class ClientProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions o;
-    o.data_dir = dir_.path() + "/node";
-    o.listen = "127.0.0.1:0";
-    auto server = server::Server::Start(o);
+    auto server = testing::StartEmbeddedServer(dir_.path() + "/node");
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }

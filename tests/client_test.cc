@@ -12,9 +12,10 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "rpc/storage_client.h"
 #include "gtest/gtest.h"
+#include "rpc/storage_client.h"
 #include "server/server.h"
+#include "testing/server_fixture.h"
 #include "testing/test_util.h"
 
 namespace snapback {
@@ -86,10 +87,7 @@ void ExpectRestored(const RestoreResult& r, const RankState& want) {
 class ClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions o;
-    o.data_dir = dir_.path() + "/node";
-    o.listen = "127.0.0.1:0";
-    auto server = server::Server::Start(o);
+    auto server = testing::StartEmbeddedServer(dir_.path() + "/node");
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     ClientOptions co;

@@ -24,9 +24,10 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "testing/test_util.h"
 #include "testing/job_harness.h"
+#include "testing/server_fixture.h"
 #include "testing/subprocess.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
@@ -38,9 +39,7 @@ using ::snapback::testing::Subprocess;
 class DetectorTest : public ::testing::Test {
  protected:
   void StartServer(detector::MonitorOptions monitor = {}) {
-    server::ServerOptions o;
-    o.data_dir = dir_.path() + "/node";
-    o.listen = "127.0.0.1:0";
+    server::ServerOptions o = testing::EmbeddedServerOptions(dir_.path() + "/node");
     o.detector.monitor = monitor;
     auto server = server::Server::Start(o);
     ASSERT_TRUE(server.ok()) << server.status();

@@ -22,10 +22,11 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "snapback/client.h"
-#include "testing/test_util.h"
 #include "testing/job_harness.h"
+#include "testing/server_fixture.h"
 #include "testing/slurm_cluster.h"
 #include "testing/subprocess.h"
+#include "testing/test_util.h"
 
 namespace snapback {
 namespace {
@@ -51,9 +52,7 @@ TEST(SlurmRestartTest,
   }
   ASSERT_TRUE(cluster.ok()) << cluster.status();
 
-  server::ServerOptions o;
-  o.data_dir = dir + "/node";
-  o.listen = "127.0.0.1:0";
+  server::ServerOptions o = testing::EmbeddedServerOptions(dir + "/node");
   detector::SlurmAdapterOptions so;
   so.env = (*cluster)->env();
   auto slurm = std::make_shared<detector::SlurmAdapter>(so);

@@ -19,12 +19,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "rpc/channel.h"
-#include "rpc/storage_client.h"
 #include "common/codec.h"
 #include "common/hash.h"
 #include "gtest/gtest.h"
+#include "rpc/channel.h"
+#include "rpc/storage_client.h"
 #include "server/server.h"
+#include "testing/server_fixture.h"
 #include "testing/test_util.h"
 
 namespace snapback::server {
@@ -107,11 +108,6 @@ PutChunksRequest DataFrame(std::string data) {
   return frame;
 }
 
-// Whether `command` can run at all (exit status 127 = not found).
-bool HaveCommand(const std::string& command) {
-  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
-}
-
 class StorageServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -119,12 +115,7 @@ class StorageServiceTest : public ::testing::Test {
     ASSERT_OK(StartServer(Options()));
   }
 
-  ServerOptions Options() {
-    ServerOptions options;
-    options.data_dir = data_dir_;
-    options.listen = "127.0.0.1:0";
-    return options;
-  }
+  ServerOptions Options() { return testing::EmbeddedServerOptions(data_dir_); }
 
   absl::Status StartServer(ServerOptions options) {
     server_.reset();
@@ -253,10 +244,10 @@ TEST_F(StorageServiceTest, StreamsOneGiBAndReadsItBackExactly) {
 // Chunks of every codec, a zero-length chunk and a chunk larger than one
 // frame survive a round trip.
 TEST_F(StorageServiceTest, RoundTripsEveryCodecAndMultiFrameChunks) {
-  std::vector<std::string> raws = {
-      RandomBytes(1 << 20, 1), std::string(3 << 20, 'z'),
-      testing::MakeBytes(1 << 20, 3, /*float_like=*/true), std::string(),
-      RandomBytes(9 << 20, 5)};  // 9 MiB: three 4 MiB frames
+  std::vector<std::string> raws = {RandomBytes(1 << 20, 1), std::string(3 << 20, 'z'),
+                                   testing::MakeBytes(1 << 20, 3, /*float_like=*/true),
+                                   std::string(),
+                                   RandomBytes(9 << 20, 5)};  // 9 MiB: three 4 MiB frames
   std::vector<EncodedChunk> chunks = {Encode(raws[0]), Encode(raws[1], Codec::kZstd),
                                       Encode(raws[2], Codec::kShuffleZstd, 4),
                                       Encode(raws[3]), Encode(raws[4])};
@@ -577,19 +568,11 @@ class StorageServiceTlsTest : public StorageServiceTest {
  protected:
   void SetUp() override {
     StorageServiceTest::SetUp();
-    if (!HaveCommand("openssl version")) {
+    if (!testing::HaveOpenssl()) {
       GTEST_SKIP() << "openssl CLI not found; skipping TLS";
     }
-    for (const char* name : {"server", "client"}) {
-      const std::string cmd = absl::StrCat(
-          "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-          "-days 1 "
-          "-subj /CN=",
-          name == std::string("server") ? "localhost" : "snapback-test-client",
-          " -addext ", "subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ", tmp_.path(),
-          "/", name, ".key -out ", tmp_.path(), "/", name, ".crt");
-      ASSERT_TRUE(HaveCommand(cmd)) << "failed: " << cmd;
-    }
+    ASSERT_OK(testing::MakeSelfSignedCert(tmp_.path(), "server", "localhost"));
+    ASSERT_OK(testing::MakeSelfSignedCert(tmp_.path(), "client", "snapback-test-client"));
   }
   std::string File(const std::string& name) { return tmp_.path() + "/" + name; }
 };
