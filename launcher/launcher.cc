@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/log.h"
 #include "launcher/rank_group.h"
 #include "snapback/v1/detector.grpc.pb.h"
 
@@ -113,8 +114,7 @@ void PrintIncidents(v1::DetectorService::Stub* stub, const std::string& job) {
   v1::ListIncidentsResponse resp;
   grpc::Status s = stub->ListIncidents(&ctx, req, &resp);
   if (!s.ok()) {
-    std::fprintf(stderr, "snapback-launch: cannot read the incident log: %s\n",
-                 s.error_message().c_str());
+    SNAPBACK_LOG(Error, "cannot read the incident log: %s", s.error_message());
     return;
   }
   if (resp.incidents().empty()) {
@@ -199,11 +199,11 @@ absl::StatusOr<int> Launcher::Run(const LauncherOptions& options) {
   auto stub = v1::DetectorService::NewStub(channel);
   if (!channel->WaitForConnected(
           absl::ToChronoTime(absl::Now() + opts.connect_timeout))) {
-    std::fprintf(stderr,
-                 "snapback-launch: cannot reach the coordinator at %s within %s: start "
-                 "snapback-server, or pass --endpoint\n",
-                 opts.endpoint.c_str(),
-                 absl::FormatDuration(opts.connect_timeout).c_str());
+    SNAPBACK_LOG(
+        Error,
+        "cannot reach the coordinator at %s within %s: start snapback-server, or "
+        "pass --endpoint",
+        opts.endpoint, absl::FormatDuration(opts.connect_timeout));
     return kExitUnavailable;
   }
 
@@ -260,8 +260,7 @@ absl::StatusOr<int> Launcher::Run(const LauncherOptions& options) {
           }
           absl::Status s = group.Start(inc);
           if (!s.ok()) {
-            std::fprintf(stderr, "snapback-launch: %s\n",
-                         std::string(s.message()).c_str());
+            SNAPBACK_LOG(Error, "%s", s.message());
             return kExitUsage;
           }
           done = 0;
@@ -272,8 +271,8 @@ absl::StatusOr<int> Launcher::Run(const LauncherOptions& options) {
       }
       if (order.has_value() && order->has_cancel()) {
         group.StopAll(opts.stop_grace);
-        std::fprintf(stderr, "snapback-launch: job %s cancelled by the coordinator: %s\n",
-                     opts.job_id.c_str(), order->cancel().reason().c_str());
+        SNAPBACK_LOG(Error, "job %s cancelled by the coordinator: %s", opts.job_id,
+                     order->cancel().reason());
         exit_code = kExitCancelled;
         running = false;
         break;
@@ -317,8 +316,8 @@ absl::StatusOr<int> Launcher::Run(const LauncherOptions& options) {
     if (code == grpc::StatusCode::INVALID_ARGUMENT ||
         code == grpc::StatusCode::FAILED_PRECONDITION ||
         code == grpc::StatusCode::NOT_FOUND) {
-      std::fprintf(stderr, "snapback-launch: the coordinator refused job %s: %s\n",
-                   opts.job_id.c_str(), status.error_message().c_str());
+      SNAPBACK_LOG(Error, "the coordinator refused job %s: %s", opts.job_id,
+                   status.error_message());
       group.StopAll(opts.stop_grace);
       return kExitUsage;
     }
