@@ -21,8 +21,8 @@
 namespace snapback::detector {
 namespace {
 
-using testing::TempDir;
 using ::testing::HasSubstr;
+using testing::TempDir;
 
 std::string Slurp(const std::string& path) {
   std::ifstream f(path);

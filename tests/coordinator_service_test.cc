@@ -22,16 +22,16 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "rpc/storage_client.h"
 #include "common/hash.h"
 #include "coordinator/chunk_tier.h"
 #include "coordinator/coordinator_store.h"
 #include "gtest/gtest.h"
+#include "rpc/storage_client.h"
 #include "server/server.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 #include "storage/chunk_store.h"
-#include "testing/test_util.h"
 #include "testing/subprocess.h"
+#include "testing/test_util.h"
 
 namespace snapback::server {
 namespace {
@@ -185,9 +185,7 @@ v1::BlobEntry Blob(const std::string& name, const EncodedChunk& chunk) {
   return b;
 }
 
-EncodedChunk Chunk(uint64_t seed) {
-  return testing::MakeChunk(kChunkBytes, seed);
-}
+EncodedChunk Chunk(uint64_t seed) { return testing::MakeChunk(kChunkBytes, seed); }
 
 std::vector<ChunkId> Ids(const v1::RankManifest& m) {
   std::vector<ChunkId> ids;

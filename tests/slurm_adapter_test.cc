@@ -19,15 +19,15 @@
 #include "failure-detector/command.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "testing/test_util.h"
 #include "testing/slurm_cluster.h"
+#include "testing/test_util.h"
 
 namespace snapback::detector {
 namespace {
 
-using testing::TempDir;
 using ::testing::HasSubstr;
 using testing::SlurmCluster;
+using testing::TempDir;
 using S = SchedulerJobState;
 
 std::string Slurp(const std::string& path) {
