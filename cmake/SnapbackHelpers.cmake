@@ -3,6 +3,11 @@
 include_guard(GLOBAL)
 
 set(SNAPBACK_WARNINGS -Wall -Wextra -Werror)
+# clang checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations
+# at compile time (the `clang` preset; ./dev test builds it).
+if(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  list(APPEND SNAPBACK_WARNINGS -Wthread-safety)
+endif()
 
 # snapback_cc_library(NAME n SRCS ... HDRS ... DEPS ... [PUBLIC_INCLUDE dir])
 function(snapback_cc_library)
