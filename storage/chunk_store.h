@@ -162,6 +162,8 @@ class ChunkStore {
   // call is running. INTERNAL naming the first difference.
   absl::Status TEST_CheckConsistency();
 
+  // The engine: defined in storage/chunk_store_internal.h, its methods spread
+  // by responsibility over storage/chunk_store*.cc.
   class Impl;
 
  private:

@@ -7,7 +7,10 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "snapback/log.h"
 #include "testing/test_util.h"
 
 namespace snapback::storage {
@@ -250,6 +253,56 @@ TEST_P(ChunkStoreTest, ScrubFindsCorruptionOnDisk) {
   ScrubResult scrub = store->Scrub();
   ASSERT_EQ(scrub.bad.size(), 1u);
   EXPECT_EQ(scrub.bad[0].first, c.id);
+}
+
+TEST_P(ChunkStoreTest, CompactionSkipsASegmentItCannotReadAndSaysSo) {
+  auto store = OpenStore(Options());
+  EncodedChunk c = MakeChunk(64 << 10, 6);
+  ASSERT_TRUE(store->Put({c}).ok());
+  store.reset();
+  std::string seg;
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path() + "/segments")) {
+    seg = e.path();
+  }
+  FILE* f = std::fopen(seg.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  std::fseek(f, 10000, SEEK_SET);  // inside the chunk's encoded bytes
+  int b = std::fgetc(f);
+  std::fseek(f, 10000, SEEK_SET);
+  std::fputc(b ^ 0x40, f);
+  std::fclose(f);
+
+  // After a reopen the segment is sealed; with a live fraction of 1 its
+  // padding alone makes it a candidate.
+  ChunkStoreOptions o = Options();
+  o.compaction_live_fraction = 1.0;
+  o.compaction_bytes_per_sec = 0;
+  store = OpenStore(o);
+  const LogLevel saved_level = GetLogLevel();
+  SetLogLevel(LogLevel::kWarning);
+  std::vector<std::string> warnings;
+  absl::Mutex warnings_mu;
+  SetLogSink([&](const LogMessage& m) {
+    absl::MutexLock lock(&warnings_mu);
+    warnings.push_back(std::string(m.text));
+  });
+  auto compacted = store->CompactNow();
+  SetLogSink(nullptr);
+  SetLogLevel(saved_level);
+
+  // The pass goes on (OK, nothing compacted), the segment and its damaged
+  // record stay for scrub to report, and the skip is logged.
+  ASSERT_TRUE(compacted.ok()) << compacted.status();
+  EXPECT_EQ(*compacted, 0);
+  EXPECT_EQ(store->Stats().compactions, 0u);
+  EXPECT_TRUE(std::filesystem::exists(seg));
+  EXPECT_EQ(store->GetOne(c.id).status().code(), absl::StatusCode::kDataLoss);
+  ASSERT_EQ(warnings.size(), 1u);
+  const std::string segment_name = std::filesystem::path(seg).filename();
+  EXPECT_TRUE(absl::StartsWith(
+      warnings[0], absl::StrCat("compaction of segment ", segment_name, " in ",
+                                dir_.path(), " skipped: DATA_LOSS: ")))
+      << warnings[0];
 }
 
 TEST_P(ChunkStoreTest, AccountingHoldsUnderConcurrentPutsDeletesAndCompaction) {
