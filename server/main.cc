@@ -22,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "common/log.h"
 #include "common/malloc_tuning.h"
 #include "failure-detector/exec_adapter.h"
 #include "failure-detector/slurm_adapter.h"
@@ -270,8 +271,7 @@ int main(int argc, char** argv) {
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    std::fprintf(stderr, "snapback-server: %s, shutting down\n",
-                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    SNAPBACK_LOG(Info, "%s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     (*server)->Shutdown(absl::Seconds(10));
   });
 
@@ -280,8 +280,8 @@ int main(int argc, char** argv) {
   bool ready_ok = true;
   if (!flags.ready_file.empty() && !WriteReadyFile(flags.ready_file, (*server)->port())) {
     ready_ok = false;
-    std::fprintf(stderr, "snapback-server: cannot write --ready-file %s: %s\n",
-                 flags.ready_file.c_str(), std::strerror(errno));
+    SNAPBACK_LOG(Error, "cannot write --ready-file %s: %s", flags.ready_file,
+                 std::strerror(errno));
     // Wake the signal thread so the process shuts down the same way.
     kill(getpid(), SIGTERM);
   } else {
