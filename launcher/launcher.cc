@@ -10,9 +10,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,18 +29,18 @@
 namespace snapback::launcher {
 namespace {
 
-// The Launch stream and its reader thread; orders are queued for the main
-// loop, which owns the ranks.
-class Session {
+// One Launch stream and its reader thread; orders are queued for the
+// session, which owns the ranks.
+class LaunchStream {
  public:
-  Session(v1::DetectorService::Stub* stub, const v1::LauncherHello& hello) {
+  LaunchStream(v1::DetectorService::Stub* stub, const v1::LauncherHello& hello) {
     stream_ = stub->Launch(&ctx_);
     v1::LauncherEvent ev;
     *ev.mutable_hello() = hello;
     ok_ = stream_->Write(ev);
     reader_ = std::thread([this] { Read(); });
   }
-  ~Session() {
+  ~LaunchStream() {
     ctx_.TryCancel();
     reader_.join();
   }
@@ -165,6 +167,259 @@ absl::Status Validate(const LauncherOptions& o) {
   return absl::OkStatus();
 }
 
+// How a launch ends: its exit code, and whether the job's incident timeline
+// is printed (only when every rank finished or the detector cancelled it).
+struct End {
+  int exit_code;
+  bool print_incidents = false;
+};
+
+// The session with the coordinator, step by step as in launcher.h, over as
+// many Launch streams as reconnects take. Owns the ranks. Runs on the
+// calling thread only.
+class Session {
+ public:
+  // `opts` has its defaults filled in; `sigfd` reads SIGINT/SIGTERM (or is
+  // -1). Both outlive the session.
+  Session(const LauncherOptions& opts, std::shared_ptr<grpc::Channel> channel, int sigfd);
+
+  // Waits up to connect_timeout for the coordinator. False (logged) when it
+  // cannot be reached.
+  bool Connect();
+  // Serves streams, reconnecting after each lost one, until the launch ends;
+  // returns its exit code.
+  int Run();
+
+ private:
+  // Step 1: the hello that opens every stream, naming the incarnation still
+  // running here (0 when none is).
+  v1::LauncherHello Hello() const;
+  // One stream from hello to its end. Polls every 10 ms: orders first (a
+  // restart must not wait behind exits), then exits, then signals. The End
+  // when the launch is over; nullopt when the stream ended (`*status` says
+  // why).
+  std::optional<End> Serve(grpc::Status* status);
+  // Step 2: stops the ranks of an older incarnation and starts `start`'s;
+  // ignores an overtaken order or a repeat of the running one. Waits on
+  // StopAll (up to stop_grace). An End (kExitUsage) when ranks cannot start.
+  std::optional<End> HandleStart(const v1::StartOrder& start);
+  // Step 4: stops the ranks (up to stop_grace) and ends with kExitCancelled.
+  End HandleCancel(const v1::CancelOrder& cancel);
+  // Step 3: reports every exit seen so far, without waiting, and counts the
+  // ranks that finished.
+  void ReportExits(LaunchStream& stream);
+  // Step 5: once every rank finished, half-closes and waits (up to 5 s) for
+  // the coordinator to end the stream; nullopt while ranks still run.
+  std::optional<End> FinishWhenAllDone(LaunchStream& stream);
+  // SIGINT/SIGTERM, if one arrived (no wait): stops the ranks and ends with
+  // 128 + the signal.
+  std::optional<End> HandleSignal();
+  // After a lost stream: a refusal ends the launch (kExitUsage); anything
+  // else waits for the channel up to the backoff, which then doubles.
+  std::optional<End> Reconnect(const grpc::Status& status);
+  // A progress line on stdout, unless quiet.
+  void Say(const std::string& line) const;
+
+  const LauncherOptions& opts_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DetectorService::Stub> stub_;
+  const int sigfd_;
+  std::string host_;
+  RankGroup group_;
+  int done_ = 0;  // ranks of the current incarnation that finished
+  absl::Duration backoff_ = absl::Milliseconds(200);
+};
+
+// The ranks get the coordinator's address, the heartbeat interval when set,
+// and the CA the launcher trusts (the client library in the ranks trusts the
+// same CA).
+LaunchSpec MakeSpec(const LauncherOptions& opts) {
+  LaunchSpec spec{.job_id = opts.job_id,
+                  .nproc = opts.nproc,
+                  .argv = opts.argv,
+                  .endpoint = opts.endpoint,
+                  .env = {}};
+  if (opts.heartbeat_ms > 0) {
+    spec.env["SNAPBACK_HEARTBEAT_MS"] = absl::StrCat(opts.heartbeat_ms);
+  }
+  if (!opts.channel.tls_root_ca_file.empty()) {
+    spec.env["SNAPBACK_TLS_CA"] = opts.channel.tls_root_ca_file;
+  }
+  return spec;
+}
+
+Session::Session(const LauncherOptions& opts, std::shared_ptr<grpc::Channel> channel,
+                 int sigfd)
+    : opts_(opts),
+      channel_(std::move(channel)),
+      stub_(v1::DetectorService::NewStub(channel_)),
+      sigfd_(sigfd),
+      group_(MakeSpec(opts)) {}
+
+bool Session::Connect() {
+  if (!channel_->WaitForConnected(
+          absl::ToChronoTime(absl::Now() + opts_.connect_timeout))) {
+    SNAPBACK_LOG(
+        Error,
+        "cannot reach the coordinator at %s within %s: start snapback-server, or "
+        "pass --endpoint",
+        opts_.endpoint, absl::FormatDuration(opts_.connect_timeout));
+    return false;
+  }
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  host_ = host;
+  return true;
+}
+
+int Session::Run() {
+  for (;;) {
+    grpc::Status status;
+    std::optional<End> end = Serve(&status);
+    if (!end.has_value()) end = Reconnect(status);
+    if (!end.has_value()) continue;
+    if (end->print_incidents) PrintIncidents(stub_.get(), opts_.job_id);
+    return end->exit_code;
+  }
+}
+
+v1::LauncherHello Session::Hello() const {
+  v1::LauncherHello hello;
+  hello.set_job_id(opts_.job_id);
+  hello.set_nproc(opts_.nproc);
+  hello.set_hostname(host_);
+  hello.set_pid(getpid());
+  hello.set_running_incarnation(group_.running() > 0 ? group_.incarnation() : 0);
+  return hello;
+}
+
+std::optional<End> Session::Serve(grpc::Status* status) {
+  LaunchStream stream(stub_.get(), Hello());
+  bool ended = false;
+  while (!ended) {
+    std::optional<v1::LauncherOrder> order =
+        stream.Next(absl::Milliseconds(10), &ended, status);
+    if (order.has_value() && order->has_start()) {
+      if (std::optional<End> end = HandleStart(order->start())) return end;
+      continue;
+    }
+    if (order.has_value() && order->has_cancel()) return HandleCancel(order->cancel());
+    // Exits wait in the group until a live stream can report them.
+    if (ended) break;
+    ReportExits(stream);
+    if (std::optional<End> end = FinishWhenAllDone(stream)) return end;
+    if (std::optional<End> end = HandleSignal()) return end;
+  }
+  return std::nullopt;
+}
+
+std::optional<End> Session::HandleStart(const v1::StartOrder& start) {
+  const int64_t inc = start.incarnation();
+  // An order for an older incarnation was overtaken by a newer one.
+  if (inc < group_.incarnation()) return std::nullopt;
+  // The incarnation already running (a reconnect): leave the ranks alone.
+  if (inc == group_.incarnation() && group_.running() > 0) return std::nullopt;
+  if (group_.running() > 0) {
+    Say(absl::StrCat("stopping incarnation ", group_.incarnation(), " (", start.reason(),
+                     ")"));
+    group_.StopAll(opts_.stop_grace);
+  }
+  if (absl::Status s = group_.Start(inc); !s.ok()) {
+    SNAPBACK_LOG(Error, "%s", s.message());
+    return End{.exit_code = kExitUsage, .print_incidents = false};
+  }
+  done_ = 0;
+  Say(absl::StrCat("job ", opts_.job_id, ": incarnation ", inc, " started, ", opts_.nproc,
+                   " rank(s)"));
+  return std::nullopt;
+}
+
+End Session::HandleCancel(const v1::CancelOrder& cancel) {
+  group_.StopAll(opts_.stop_grace);
+  SNAPBACK_LOG(Error, "job %s cancelled by the coordinator: %s", opts_.job_id,
+               cancel.reason());
+  return End{.exit_code = kExitCancelled, .print_incidents = true};
+}
+
+void Session::ReportExits(LaunchStream& stream) {
+  while (std::optional<RankExit> exit = group_.WaitExit(absl::ZeroDuration())) {
+    v1::RankExited ev;
+    ev.set_incarnation(exit->incarnation);
+    ev.set_rank(exit->rank);
+    ev.set_exit_code(exit->exit_code);
+    ev.set_signal(exit->signal);
+    ev.set_exit_class(exit->cls == ExitClass::kDone        ? v1::EXIT_DONE
+                      : exit->cls == ExitClass::kNoRestart ? v1::EXIT_NO_RESTART
+                                                           : v1::EXIT_RESTART);
+    ev.set_description(exit->Describe());
+    stream.Report(ev);
+    if (exit->cls == ExitClass::kDone) {
+      ++done_;
+    } else {
+      Say(exit->Describe());
+    }
+  }
+}
+
+std::optional<End> Session::FinishWhenAllDone(LaunchStream& stream) {
+  if (done_ != opts_.nproc) return std::nullopt;
+  Say(absl::StrCat("job ", opts_.job_id, ": every rank finished"));
+  stream.Close(absl::Seconds(5));
+  return End{.exit_code = kExitFinished, .print_incidents = true};
+}
+
+std::optional<End> Session::HandleSignal() {
+  signalfd_siginfo si;
+  if (sigfd_ < 0 || read(sigfd_, &si, sizeof(si)) != sizeof(si)) return std::nullopt;
+  Say(absl::StrCat(strsignal(static_cast<int>(si.ssi_signo)), ": stopping the ranks"));
+  group_.StopAll(opts_.stop_grace);
+  return End{.exit_code = 128 + static_cast<int>(si.ssi_signo), .print_incidents = false};
+}
+
+std::optional<End> Session::Reconnect(const grpc::Status& status) {
+  // The coordinator went away or refused us.
+  const grpc::StatusCode code = status.error_code();
+  if (code == grpc::StatusCode::INVALID_ARGUMENT ||
+      code == grpc::StatusCode::FAILED_PRECONDITION ||
+      code == grpc::StatusCode::NOT_FOUND) {
+    SNAPBACK_LOG(Error, "the coordinator refused job %s: %s", opts_.job_id,
+                 status.error_message());
+    group_.StopAll(opts_.stop_grace);
+    return End{.exit_code = kExitUsage, .print_incidents = false};
+  }
+  Say(absl::StrCat("lost the coordinator (", status.error_message(),
+                   "); ranks keep running, reconnecting"));
+  channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + backoff_));
+  backoff_ = std::min(backoff_ * 2, absl::Seconds(5));
+  return std::nullopt;
+}
+
+void Session::Say(const std::string& line) const {
+  if (opts_.quiet) return;
+  std::printf("snapback-launch: %s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+// Closes the signalfd when the launch is over.
+struct SigfdCloser {
+  int fd;
+  ~SigfdCloser() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Blocks SIGINT/SIGTERM in the calling thread and returns a signalfd that
+// reads them (-1 if it cannot be made). Called before the channel starts
+// gRPC's threads, so that they inherit the mask.
+int BlockStopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
 }  // namespace
 
 absl::StatusOr<int> Launcher::Run(const LauncherOptions& options) {
@@ -176,158 +431,14 @@ absl::StatusOr<int> Launcher::Run(const LauncherOptions& options) {
   if (opts.channel.tls_root_ca_file.empty()) {
     opts.channel.tls_root_ca_file = EnvOr("SNAPBACK_TLS_CA", "");
   }
-  // SIGINT/SIGTERM stop the ranks before the launcher goes; read them from
-  // a signalfd in the main loop. Blocked before the channel starts gRPC's
-  // threads, so that they inherit the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  const int sigfd = signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
-  struct SigfdCloser {
-    int fd;
-    ~SigfdCloser() {
-      if (fd >= 0) close(fd);
-    }
-  } sigfd_closer{sigfd};
-
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> made =
+  // SIGINT/SIGTERM stop the ranks before the launcher goes.
+  const SigfdCloser sigfd{BlockStopSignals()};
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
       rpc::MakeChannel(opts.endpoint, opts.channel);
-  if (!made.ok()) return made.status();
-  std::shared_ptr<grpc::Channel> channel = *std::move(made);
-  auto stub = v1::DetectorService::NewStub(channel);
-  if (!channel->WaitForConnected(
-          absl::ToChronoTime(absl::Now() + opts.connect_timeout))) {
-    SNAPBACK_LOG(
-        Error,
-        "cannot reach the coordinator at %s within %s: start snapback-server, or "
-        "pass --endpoint",
-        opts.endpoint, absl::FormatDuration(opts.connect_timeout));
-    return kExitUnavailable;
-  }
-
-  LaunchSpec spec{.job_id = opts.job_id,
-                  .nproc = opts.nproc,
-                  .argv = opts.argv,
-                  .endpoint = opts.endpoint,
-                  .env = {}};
-  if (opts.heartbeat_ms > 0) {
-    spec.env["SNAPBACK_HEARTBEAT_MS"] = absl::StrCat(opts.heartbeat_ms);
-  }
-  // The client library in the ranks trusts the same CA.
-  if (!opts.channel.tls_root_ca_file.empty()) {
-    spec.env["SNAPBACK_TLS_CA"] = opts.channel.tls_root_ca_file;
-  }
-  RankGroup group(spec);
-  char host[256] = {};
-  gethostname(host, sizeof(host) - 1);
-  auto say = [&](const std::string& line) {
-    if (!opts.quiet) {
-      std::printf("snapback-launch: %s\n", line.c_str());
-      std::fflush(stdout);
-    }
-  };
-
-  int done = 0;  // ranks of the current incarnation that finished
-  int exit_code = kExitFinished;
-  bool running = true;
-  absl::Duration backoff = absl::Milliseconds(200);
-  while (running) {
-    v1::LauncherHello hello;
-    hello.set_job_id(opts.job_id);
-    hello.set_nproc(opts.nproc);
-    hello.set_hostname(host);
-    hello.set_pid(getpid());
-    hello.set_running_incarnation(group.running() > 0 ? group.incarnation() : 0);
-    Session session(stub.get(), hello);
-    bool ended = false;
-    grpc::Status status;
-    while (!ended) {
-      // Orders first (a restart must not wait behind exits), then exits,
-      // then signals.
-      std::optional<v1::LauncherOrder> order =
-          session.Next(absl::Milliseconds(10), &ended, &status);
-      if (order.has_value() && order->has_start()) {
-        const int64_t inc = order->start().incarnation();
-        // An order for an older incarnation was overtaken by a newer one.
-        if (inc < group.incarnation()) continue;
-        if (inc != group.incarnation() || group.running() == 0) {
-          if (group.running() > 0) {
-            say(absl::StrCat("stopping incarnation ", group.incarnation(), " (",
-                             order->start().reason(), ")"));
-            group.StopAll(opts.stop_grace);
-          }
-          absl::Status s = group.Start(inc);
-          if (!s.ok()) {
-            SNAPBACK_LOG(Error, "%s", s.message());
-            return kExitUsage;
-          }
-          done = 0;
-          say(absl::StrCat("job ", opts.job_id, ": incarnation ", inc, " started, ",
-                           opts.nproc, " rank(s)"));
-        }
-        continue;
-      }
-      if (order.has_value() && order->has_cancel()) {
-        group.StopAll(opts.stop_grace);
-        SNAPBACK_LOG(Error, "job %s cancelled by the coordinator: %s", opts.job_id,
-                     order->cancel().reason());
-        exit_code = kExitCancelled;
-        running = false;
-        break;
-      }
-      // Exits wait in the group until a live stream can report them.
-      if (ended) break;
-      while (std::optional<RankExit> exit = group.WaitExit(absl::ZeroDuration())) {
-        v1::RankExited ev;
-        ev.set_incarnation(exit->incarnation);
-        ev.set_rank(exit->rank);
-        ev.set_exit_code(exit->exit_code);
-        ev.set_signal(exit->signal);
-        ev.set_exit_class(exit->cls == ExitClass::kDone        ? v1::EXIT_DONE
-                          : exit->cls == ExitClass::kNoRestart ? v1::EXIT_NO_RESTART
-                                                               : v1::EXIT_RESTART);
-        ev.set_description(exit->Describe());
-        session.Report(ev);
-        if (exit->cls == ExitClass::kDone) {
-          ++done;
-        } else {
-          say(exit->Describe());
-        }
-      }
-      if (done == opts.nproc) {
-        say(absl::StrCat("job ", opts.job_id, ": every rank finished"));
-        session.Close(absl::Seconds(5));
-        running = false;
-        break;
-      }
-      signalfd_siginfo si;
-      if (sigfd >= 0 && read(sigfd, &si, sizeof(si)) == sizeof(si)) {
-        say(absl::StrCat(strsignal(static_cast<int>(si.ssi_signo)),
-                         ": stopping the ranks"));
-        group.StopAll(opts.stop_grace);
-        return 128 + static_cast<int>(si.ssi_signo);
-      }
-    }
-    if (!running) break;
-    // The coordinator went away or refused us.
-    const grpc::StatusCode code = status.error_code();
-    if (code == grpc::StatusCode::INVALID_ARGUMENT ||
-        code == grpc::StatusCode::FAILED_PRECONDITION ||
-        code == grpc::StatusCode::NOT_FOUND) {
-      SNAPBACK_LOG(Error, "the coordinator refused job %s: %s", opts.job_id,
-                   status.error_message());
-      group.StopAll(opts.stop_grace);
-      return kExitUsage;
-    }
-    say(absl::StrCat("lost the coordinator (", status.error_message(),
-                     "); ranks keep running, reconnecting"));
-    channel->WaitForConnected(absl::ToChronoTime(absl::Now() + backoff));
-    backoff = std::min(backoff * 2, absl::Seconds(5));
-  }
-  PrintIncidents(stub.get(), opts.job_id);
-  return exit_code;
+  if (!channel.ok()) return channel.status();
+  Session session(opts, *std::move(channel), sigfd.fd);
+  if (!session.Connect()) return kExitUnavailable;
+  return session.Run();
 }
 
 }  // namespace snapback::launcher
