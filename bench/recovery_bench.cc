@@ -84,6 +84,8 @@ ABSL_FLAG(uint64_t, seed, 0, "random seed (0: a fresh one, printed)");
 namespace snapback {
 namespace {
 
+using ::snapback::testing::Slurp;
+
 using ::snapback::testing::Launcher;
 using ::snapback::testing::Progress;
 using ::snapback::testing::Subprocess;
@@ -400,13 +402,6 @@ KindResult RunLocal(const std::string& kind, int signal, int failures,
   }
   (*server)->Shutdown();
   return out;
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 // A private Slurm cluster (munged + slurmctld + slurmd on loopback), one

@@ -106,7 +106,9 @@ int CheckFlag(absl::string_view program, absl::string_view arg, const char* next
 CommandLine ParseCommandLineOrExit(int argc, char** argv, absl::string_view program,
                                    absl::string_view usage, absl::string_view flags_file,
                                    bool allow_positional) {
-  absl::SetProgramUsageMessage(usage);
+  // Abseil aborts on a second call; a binary parses once, a test many times.
+  static const bool usage_set = (absl::SetProgramUsageMessage(usage), true);
+  (void)usage_set;
   std::vector<std::string> normalized = {argv[0]};
   int separator = argc;
   for (int i = 1; i < argc; ++i) {
@@ -140,7 +142,6 @@ CommandLine ParseCommandLineOrExit(int argc, char** argv, absl::string_view prog
   CommandLine line;
   for (size_t i = 1; i < rest.size(); ++i) line.args.emplace_back(rest[i]);
   if (separator < argc) {
-    line.has_separator = true;
     for (int i = separator + 1; i < argc; ++i) line.args.emplace_back(argv[i]);
   }
   return line;

@@ -24,8 +24,6 @@ struct CommandLine {
   // The arguments that are not flags, in order: positional arguments, then
   // everything after `--`. argv[0] is not included.
   std::vector<std::string> args;
-  // Whether `--` was given (args after it may look like flags).
-  bool has_separator = false;
 };
 
 // Parses argv into the binary's ABSL_FLAGs. `program` names the binary in

@@ -18,6 +18,8 @@
 namespace snapback {
 namespace {
 
+using ::snapback::testing::Slurp;
+
 using ::testing::HasSubstr;
 
 // Everything the child writes to `fd` until EOF (or 10 s pass).
@@ -41,13 +43,6 @@ std::string ReadLine(int fd) {
   char c;
   while (read(fd, &c, 1) == 1 && c != '\n') out += c;
   return out;
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 // Both ways of spawning: posix_spawn, and fork+exec for kChildExits127.

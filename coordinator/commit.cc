@@ -29,14 +29,14 @@ constexpr int kCommitAttempts = 3;
 
 }  // namespace
 
-using internal::AbortedError, internal::CheckRankInRange, internal::CheckpointKey,
-    internal::CheckpointName, internal::ClaimKey, internal::DecodeTensorInfo,
-    internal::DeletePrefix, internal::Dims, internal::EncodeTensorInfo,
-    internal::FromRocks, internal::GetBE, internal::JobKey, internal::ListIds,
-    internal::ManifestKey, internal::PutBE, internal::Quote, internal::RefRecord,
-    internal::Region, internal::RegionPrefix, internal::Sl, internal::StepPrefix,
-    internal::TensorInfo, internal::TensorInfoKey, internal::ValidManifest,
-    internal::ValidRankRef, internal::ValidStep, internal::View, internal::kClaimNamed;
+using internal::AbortedError, internal::CheckpointKey, internal::CheckpointName,
+    internal::ClaimKey, internal::DecodeTensorInfo, internal::DeletePrefix,
+    internal::Dims, internal::EncodeTensorInfo, internal::FromRocks, internal::GetBE,
+    internal::JobKey, internal::ListIds, internal::ManifestKey, internal::PutBE,
+    internal::Quote, internal::RefRecord, internal::Region, internal::RegionPrefix,
+    internal::Sl, internal::StepPrefix, internal::TensorInfo, internal::TensorInfoKey,
+    internal::ValidManifest, internal::ValidRankRef, internal::ValidStep, internal::View,
+    internal::kClaimNamed;
 using v1::CheckpointInfo;
 using v1::JobInfo;
 using v1::RankManifest;
@@ -48,9 +48,7 @@ absl::StatusOr<v1::BeginCheckpointResponse> CoordinatorStore::BeginCheckpoint(
   SNAPBACK_RETURN_IF_ERROR(ValidStep(req.step()));
   const v1::RankRef& ref = req.rank();
   absl::MutexLock lock(&mu_);
-  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(ref.job_id()));
-  SNAPBACK_RETURN_IF_ERROR(CheckRankInRange(ref, job));
-  SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
+  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadFencedJob(ref));
   const int64_t now = NowMs();
   absl::StatusOr<CheckpointInfo> ckpt = LoadCheckpoint(ref.job_id(), req.step());
   bool write = false;
@@ -116,9 +114,7 @@ absl::StatusOr<v1::ClaimChunksResponse> CoordinatorStore::ClaimChunks(
   const v1::RankRef& ref = req.rank();
   {
     absl::MutexLock lock(&mu_);
-    SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(ref.job_id()));
-    SNAPBACK_RETURN_IF_ERROR(CheckRankInRange(ref, job));
-    SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
+    SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadFencedJob(ref));
     absl::StatusOr<CheckpointInfo> ckpt = LoadCheckpoint(ref.job_id(), req.step());
     if (absl::IsNotFound(ckpt.status())) {
       return absl::FailedPreconditionError(
@@ -168,9 +164,7 @@ absl::Status CoordinatorStore::PrepareCommit(
     CheckpointInfo* ckpt, std::optional<v1::CommitRankResponse>* replay) {
   const v1::RankRef& ref = req.rank();
   replay->reset();
-  SNAPBACK_ASSIGN_OR_RETURN(*job, LoadJob(ref.job_id()));
-  SNAPBACK_RETURN_IF_ERROR(CheckRankInRange(ref, *job));
-  SNAPBACK_RETURN_IF_ERROR(Fence(ref, job));
+  SNAPBACK_ASSIGN_OR_RETURN(*job, LoadFencedJob(ref));
   absl::StatusOr<CheckpointInfo> loaded = LoadCheckpoint(ref.job_id(), req.step());
   if (absl::IsNotFound(loaded.status())) {
     return absl::FailedPreconditionError(
@@ -448,9 +442,7 @@ absl::StatusOr<v1::AbortCheckpointResponse> CoordinatorStore::AbortCheckpoint(
   SNAPBACK_RETURN_IF_ERROR(ValidStep(req.step()));
   const v1::RankRef& ref = req.rank();
   absl::MutexLock lock(&mu_);
-  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(ref.job_id()));
-  SNAPBACK_RETURN_IF_ERROR(CheckRankInRange(ref, job));
-  SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
+  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadFencedJob(ref));
   SNAPBACK_ASSIGN_OR_RETURN(CheckpointInfo ckpt,
                             LoadCheckpoint(ref.job_id(), req.step()));
   if (ckpt.state() == v1::ABORTED) return v1::AbortCheckpointResponse();

@@ -194,6 +194,11 @@ class CoordinatorStore {
   // its older WRITING checkpoints in one synced batch. Updates *job.
   absl::Status Fence(const v1::RankRef& ref, v1::JobInfo* job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job of a rank's call, checked the way every rank call starts: the
+  // job exists (NOT_FOUND), the rank is in range (INVALID_ARGUMENT), and the
+  // incarnation is fenced (Fence).
+  absl::StatusOr<v1::JobInfo> LoadFencedJob(const v1::RankRef& ref)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Adds to `txn` what aborting WRITING checkpoint `ckpt` takes: state,
   // reason, manifests and shard index dropped, claims released.

@@ -16,8 +16,9 @@
 
 namespace snapback::coordinator {
 
-using internal::FromRocks, internal::IncidentPrefix, internal::JobKey, internal::PutBE,
-    internal::Quote, internal::Sl, internal::ValidJobId, internal::ValidWorldSize;
+using internal::CheckRankInRange, internal::FromRocks, internal::IncidentPrefix,
+    internal::JobKey, internal::PutBE, internal::Quote, internal::Sl,
+    internal::ValidJobId, internal::ValidWorldSize;
 using v1::CheckpointInfo;
 using v1::JobInfo;
 
@@ -133,6 +134,13 @@ absl::StatusOr<v1::ListJobsResponse> CoordinatorStore::ListJobs() {
 
 // ---------------------------------------------------------------------------
 // Fencing (abort and delete: checkpoints.cc).
+
+absl::StatusOr<JobInfo> CoordinatorStore::LoadFencedJob(const v1::RankRef& ref) {
+  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(ref.job_id()));
+  SNAPBACK_RETURN_IF_ERROR(CheckRankInRange(ref, job));
+  SNAPBACK_RETURN_IF_ERROR(Fence(ref, &job));
+  return job;
+}
 
 absl::Status CoordinatorStore::Fence(const v1::RankRef& ref, JobInfo* job) {
   if (ref.incarnation() < job->incarnation()) {

@@ -21,15 +21,10 @@
 namespace snapback::detector {
 namespace {
 
+using ::snapback::testing::Slurp;
+
 using ::testing::HasSubstr;
 using testing::TempDir;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Writes an executable script.
 std::string WriteScript(const std::string& dir, const std::string& name,

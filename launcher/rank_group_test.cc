@@ -12,14 +12,9 @@
 namespace snapback::launcher {
 namespace {
 
-using testing::TempDir;
+using ::snapback::testing::Slurp;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using testing::TempDir;
 
 LaunchSpec Sh(const std::string& script, int nproc = 4) {
   return {.job_id = "j",

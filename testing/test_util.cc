@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace snapback::testing {
 
@@ -53,6 +55,13 @@ uint64_t DiskUsage(const std::string& dir) {
     if (e.is_regular_file()) total += e.file_size();
   }
   return total;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
 }
 
 }  // namespace snapback::testing

@@ -29,6 +29,9 @@ std::string MakeBytes(size_t n, uint64_t seed, bool float_like = false);
 EncodedChunk MakeChunk(size_t n, uint64_t seed, bool float_like = false,
                        const EncodeOptions& options = {.codec = Codec::kNone});
 
+// The whole of the file at `path`; "" when it cannot be read.
+std::string Slurp(const std::string& path);
+
 // Total size of the regular files under `dir`.
 uint64_t DiskUsage(const std::string& dir);
 

@@ -25,17 +25,12 @@
 namespace snapback::detector {
 namespace {
 
+using ::snapback::testing::Slurp;
+
 using ::testing::HasSubstr;
 using testing::SlurmCluster;
 using testing::TempDir;
 using S = SchedulerJobState;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 std::vector<std::string> Lines(const std::string& path) {
   return absl::StrSplit(Slurp(path), '\n', absl::SkipEmpty());

@@ -31,12 +31,7 @@
 namespace snapback {
 namespace {
 
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using ::snapback::testing::Slurp;
 
 TEST(SlurmRestartTest,
      RequeuedJobResumesFromTheLatestCommittedStepAndTheOldIncarnationIsFenced) {
