@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/rocksdb_util.h"
 #include "common/status_macros.h"
 #include "coordinator/keys.h"
 #include "coordinator/manifest_validation.h"
@@ -57,6 +58,8 @@ absl::Status CoordinatorStore::Init() {
   rocksdb::Options db_options;
   db_options.create_if_missing = true;
   db_options.paranoid_checks = true;
+  // Small WAL/MANIFEST preallocation, info log through SNAPBACK_LOG.
+  internal_rocksdb::ApplyCommonOptions(&db_options, "meta");
   // Same reasoning as the chunk index (storage/chunk_store.cc): the default
   // mode silently drops everything after a damaged WAL record, which here
   // would forget acknowledged commits and reference counts.

@@ -7,6 +7,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -17,9 +18,13 @@
 #include <thread>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/log.h"
 #include "common/rocksdb_util.h"
 #include "common/status_macros.h"
 #include "storage/chunk_store_internal.h"
@@ -67,10 +72,23 @@ absl::Status ChunkStore::Impl::Open() {
   fs_ = options_.fs ? options_.fs : DefaultFileSystem();
   SNAPBACK_RETURN_IF_ERROR(fs_->CreateDirs(segments_dir_));
   SNAPBACK_RETURN_IF_ERROR(fs_->CreateDirs(dir_ + "/index"));
+  // On a full volume RocksDB cannot even open (a new MANIFEST, WAL and
+  // OPTIONS file): release the reserve first.
+  if (fs_->Exists(reserve_path_)) {
+    auto file = fs_->Open(reserve_path_, {});
+    if (file.ok()) {
+      auto size = (*file)->Size();
+      if (size.ok() && *size == options_.reserve_bytes) reserve_held_ = *size;
+    }
+  }
+  MaintainReserve();
 
   rocksdb::Options db_options;
   db_options.create_if_missing = true;
   db_options.paranoid_checks = true;
+  // Small WAL/MANIFEST preallocation (an idle node's footprint), and the
+  // info log through SNAPBACK_LOG instead of a LOG file that can fill up.
+  internal_rocksdb::ApplyCommonOptions(&db_options, "index");
   // The default (kPointInTimeRecovery) stops replaying the WAL at the first
   // corrupt record and silently drops every entry after it: acknowledged
   // chunks would vanish. kTolerateCorruptedTailRecords does the same with a
@@ -114,6 +132,7 @@ absl::Status ChunkStore::Impl::Open() {
     absl::MutexLock lock(&mu_);
     stats_.io_mode = io_mode;
   }
+  MaintainReserve();
   if (options_.background_compaction) {
     compaction_thread_ = std::thread([this] { CompactionLoop(); });
   }
@@ -122,88 +141,178 @@ absl::Status ChunkStore::Impl::Open() {
 
 // Rebuilds the in-memory segment table from the index (the truth), trims
 // every segment to its last indexed record and removes unreferenced ones.
+// Chunks whose segment is missing, unreadable or shorter than their record
+// are quarantined (dropped from the index, remembered as lost) in one synced
+// batch before any file is touched: the node starts and serves the rest.
 absl::Status ChunkStore::Impl::Recover() {
-  std::map<uint64_t, std::pair<uint64_t, uint64_t>> referenced;  // id -> (live, end)
-  ChunkStoreStats stats;
+  struct Entry {
+    ChunkId id;
+    IndexEntry e;
+  };
+  std::map<uint64_t, std::vector<Entry>> by_segment;
+  absl::flat_hash_set<ChunkId> lost;
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     for (it->Seek("c"); it->Valid() && it->key().starts_with("c"); it->Next()) {
+      SNAPBACK_ASSIGN_OR_RETURN(ChunkId id, ChunkIdFromKey(View(it->key())));
       SNAPBACK_ASSIGN_OR_RETURN(IndexEntry e, IndexEntry::Decode(View(it->value())));
-      auto& [live, end] = referenced[e.segment];
-      live += e.record_size();
-      end = std::max(end, e.offset + e.record_size());
-      ++stats.chunks;
-      stats.raw_bytes += e.raw_length;
-      stats.encoded_bytes += e.encoded_length;
-      stats.live_bytes += e.record_size();
+      by_segment[e.segment].push_back({id, e});
+    }
+    SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan"));
+    for (it->Seek("l"); it->Valid() && it->key().starts_with("l"); it->Next()) {
+      SNAPBACK_ASSIGN_OR_RETURN(ChunkId id, ChunkIdFromLostKey(View(it->key())));
+      lost.insert(id);
     }
     SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan"));
   }
 
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  rocksdb::WriteBatch quarantine;
+  uint64_t newly_lost = 0;
+  auto lose = [&](const Entry& x, const std::string& reason) {
+    quarantine.Delete(ChunkKey(x.id));
+    quarantine.Put(LostKey(x.id), EncodeLostValue(now_ms, reason));
+    lost.insert(x.id);
+    ++newly_lost;
+  };
+
   SNAPBACK_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_->ListDir(segments_dir_));
   std::map<uint64_t, Segment> segments;
+  std::vector<std::string> unreferenced;
+  std::vector<std::pair<Segment*, uint64_t>> resize;  // segment, size to set
+  ChunkStoreStats stats;
   uint64_t max_id = 0;
-  bool removed_any = false;
   for (const std::string& name : names) {
     uint64_t id;
     if (!ParseSegmentName(name, &id)) continue;
     max_id = std::max(max_id, id);
     std::string path = segments_dir_ + "/" + name;
-    auto ref = referenced.find(id);
-    if (ref == referenced.end()) {
+    auto ref = by_segment.find(id);
+    if (ref == by_segment.end()) {
       // Nothing indexed points here: written before a crash and never
       // acknowledged, or already compacted away.
-      SNAPBACK_RETURN_IF_ERROR(fs_->Remove(path));
-      removed_any = true;
+      unreferenced.push_back(path);
       continue;
     }
-    SNAPBACK_ASSIGN_OR_RETURN(
-        auto file, fs_->Open(path, {.write = true, .direct_io = options_.direct_io}));
-    SNAPBACK_ASSIGN_OR_RETURN(uint64_t size, file->Size());
-    uint64_t keep = AlignUp(ref->second.second);
-    if (size < ref->second.second) {
-      return absl::DataLossError(
-          absl::StrCat("segment ", path, " is ", size,
-                       " bytes but the index points up to byte ", ref->second.second,
-                       "; acknowledged chunks were lost: restore this node's data dir "
-                       "from a replica"));
-    }
-    if (size > keep) {
-      // Bytes past the last indexed record were never acknowledged.
-      SNAPBACK_RETURN_IF_ERROR(file->Truncate(keep));
-      SNAPBACK_RETURN_IF_ERROR(file->Sync());
-      size = keep;
+    std::vector<Entry> entries = std::move(ref->second);
+    by_segment.erase(ref);
+    auto file = fs_->Open(path, {.write = true, .direct_io = options_.direct_io});
+    absl::StatusOr<uint64_t> size =
+        file.ok() ? (*file)->Size() : absl::StatusOr<uint64_t>(file.status());
+    if (!size.ok()) {
+      SNAPBACK_LOG(Error, "segment %s cannot be read (%s): its %d chunks are lost", path,
+                   size.status().ToString(), entries.size());
+      for (const Entry& x : entries) {
+        lose(x, absl::StrCat("segment unreadable: ", size.status().message()));
+      }
+      continue;  // unindexed now: removed at the next start
     }
     Segment seg;
-    seg.file = std::move(file);
-    seg.size = size;
-    seg.live_bytes = ref->second.first;
+    uint64_t end = 0;
+    int truncated = 0;
+    for (const Entry& x : entries) {
+      if (x.e.offset + x.e.record_size() > *size) {
+        lose(x, absl::StrCat("segment ", name, " is ", *size,
+                             " bytes, the record ends at byte ",
+                             x.e.offset + x.e.record_size()));
+        ++truncated;
+        continue;
+      }
+      seg.live_bytes += x.e.record_size();
+      end = std::max(end, x.e.offset + x.e.record_size());
+      ++stats.chunks;
+      stats.raw_bytes += x.e.raw_length;
+      stats.encoded_bytes += x.e.encoded_length;
+      stats.live_bytes += x.e.record_size();
+    }
+    if (truncated > 0) {
+      SNAPBACK_LOG(Error,
+                   "segment %s is %d bytes, shorter than the index says: %d chunks lost",
+                   path, *size, truncated);
+    }
+    if (seg.live_bytes == 0) {
+      unreferenced.push_back(path);
+      continue;
+    }
+    seg.file = *std::move(file);
+    seg.size = *size;
     seg.sealed = true;  // appends always go to a fresh segment after a restart
-    segments.emplace(id, std::move(seg));
-    stats.file_bytes += size;
+    auto [it, inserted] = segments.emplace(id, std::move(seg));
+    // Bytes past the last indexed record were never acknowledged: trim
+    // them. A segment cut short mid-record is padded back to a 4 KiB
+    // boundary, so aligned reads of the records before the cut stay inside.
+    if (it->second.size != AlignUp(end)) resize.push_back({&it->second, AlignUp(end)});
   }
-  for (const auto& [id, ref] : referenced) {
-    if (!segments.contains(id)) {
-      return absl::DataLossError(absl::StrCat(
-          "the index points at segment ", SegmentName(id), " which is missing from ",
-          segments_dir_, "; restore this node's data dir from a replica"));
+  for (const auto& [id, entries] : by_segment) {
+    SNAPBACK_LOG(Error, "segment %s is missing from %s: its %d chunks are lost",
+                 SegmentName(id), segments_dir_, entries.size());
+    for (const Entry& x : entries) {
+      lose(x, absl::StrCat("segment ", SegmentName(id), " is missing"));
     }
   }
-  if (removed_any) SNAPBACK_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
+  // The index first: once the lost entries are gone, removing or trimming
+  // their files is safe at any point.
+  if (newly_lost > 0) {
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    SNAPBACK_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &quarantine), "write"));
+    SNAPBACK_LOG(Error,
+                 "%d chunks in %s were unreadable and are quarantined (dropped from the "
+                 "index, listed as lost): restore them from a replica",
+                 newly_lost, dir_);
+  }
+  for (const std::string& path : unreferenced) {
+    SNAPBACK_RETURN_IF_ERROR(fs_->Remove(path));
+  }
+  for (auto [seg, size] : resize) {
+    SNAPBACK_RETURN_IF_ERROR(seg->file->Truncate(size));
+    SNAPBACK_RETURN_IF_ERROR(seg->file->Sync());
+    seg->size = size;
+  }
+  if (!unreferenced.empty()) SNAPBACK_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
+  for (const auto& [id, seg] : segments) stats.file_bytes += seg.size;
 
   absl::MutexLock lock(&mu_);
   segments_ = std::move(segments);
   next_segment_id_ = max_id + 1;
   stats.segments = segments_.size();
+  stats.io_mode = stats_.io_mode;
   stats_ = stats;
+  lost_ = std::move(lost);
   return absl::OkStatus();
 }
 
 ChunkStoreStats ChunkStore::Impl::Stats() {
-  absl::MutexLock lock(&mu_);
-  ChunkStoreStats s = stats_;
-  s.segments = segments_.size();
+  ChunkStoreStats s;
+  {
+    absl::MutexLock lock(&mu_);
+    s = stats_;
+    s.segments = segments_.size();
+    s.lost_chunks = lost_.size();
+  }
+  s.reserve_bytes = reserve_held_.load();
+  if (auto space = Space(); space.ok()) {
+    s.capacity_bytes = space->capacity_bytes;
+    s.free_bytes = space->free_bytes;
+    const uint64_t owed = options_.reserve_bytes - s.reserve_bytes;
+    s.full = space->free_bytes < owed + options_.min_free_bytes;
+  }
   return s;
+}
+
+std::vector<ChunkId> ChunkStore::Impl::LostChunks() {
+  std::vector<ChunkId> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    ids.assign(lost_.begin(), lost_.end());
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+absl::Status ChunkStore::Impl::ForgetLost(absl::Span<const ChunkId> ids) {
+  Writer w{.kind = Writer::Kind::kForget, .prepared = nullptr, .ids = ids};
+  return Write(&w);
 }
 
 absl::Status ChunkStore::Impl::CheckConsistency() {
@@ -283,6 +392,11 @@ absl::StatusOr<std::vector<bool>> ChunkStore::Has(absl::Span<const ChunkId> ids)
   return impl_->Has(ids);
 }
 
+absl::StatusOr<bool> ChunkStore::List(absl::string_view start_after, size_t limit,
+                                      std::vector<std::pair<ChunkId, uint32_t>>* out) {
+  return impl_->List(start_after, limit, out);
+}
+
 absl::StatusOr<int> ChunkStore::Delete(absl::Span<const ChunkId> ids) {
   return impl_->Delete(ids);
 }
@@ -293,6 +407,12 @@ absl::StatusOr<int> ChunkStore::CompactNow() { return impl_->CompactNow(); }
 
 ScrubResult ChunkStore::Scrub(const ScrubProgress& progress) {
   return impl_->Scrub(progress);
+}
+
+std::vector<ChunkId> ChunkStore::LostChunks() { return impl_->LostChunks(); }
+
+absl::Status ChunkStore::ForgetLost(absl::Span<const ChunkId> ids) {
+  return impl_->ForgetLost(ids);
 }
 
 absl::Status ChunkStore::TEST_CheckConsistency() { return impl_->CheckConsistency(); }

@@ -17,6 +17,20 @@
 // picks sealed segments whose live fraction is below a threshold, copies their
 // live records through the normal write path, switches the index entries that
 // still point at the old copies, and only then unlinks the old segment.
+// Segments with no live record are unlinked without copying anything.
+//
+// A full volume: Put() is refused (RESOURCE_EXHAUSTED) once the volume's
+// free space would fall below min_free_bytes, before the file system is
+// full. A reserve file (DIR/space-reserve, reserve_bytes) holds space that is
+// released when the volume runs out anyway (something else filled it), so
+// deletes, compaction and the RocksDB writes of both databases in the data
+// dir can always proceed, and re-created when space returns.
+//
+// Damage: a segment that is missing or shorter than the index says at
+// Open(), or a record that fails its checksum on a read or in Scrub(), is
+// quarantined: its chunks are dropped from the index and remembered as lost
+// (LostChunks(), persisted in the index DB) for repair to restore them from
+// another replica; everything else is served.
 //
 // Thread-safe. See docs/storage_format.md for the on-disk format.
 #ifndef SNAPBACK_STORAGE_CHUNK_STORE_H_
@@ -82,6 +96,22 @@ struct ChunkStoreOptions {
   absl::Duration compaction_interval = absl::Seconds(2);
   // Default: kStrict
   IndexRecovery index_recovery = IndexRecovery::kStrict;
+  // Bytes kept in a preallocated reserve file (DIR/space-reserve). It is
+  // released when the volume's free space falls below this size (something
+  // other than Put() filled it: the metadata DB, other files, an operator),
+  // so deletes, compaction and index/metadata writes can proceed, and
+  // re-created once the volume has 2 x reserve_bytes + min_free_bytes free.
+  // While released, Put() still counts it as used. 0 disables the reserve.
+  // Default: 64 MiB
+  uint64_t reserve_bytes = 64ull << 20;
+  // The high watermark: Put() fails with RESOURCE_EXHAUSTED (the node is
+  // "full", see ChunkStoreStats::full) when storing the chunks would leave
+  // less than this many bytes free on the volume (statvfs, minus a released
+  // reserve). Deletes, compaction and reads go on. Compaction needs room for
+  // the live bytes of one segment, so keep this at least segment_bytes / 2.
+  // 0 = refuse only when the volume itself is full.
+  // Default: 256 MiB
+  uint64_t min_free_bytes = 256ull << 20;
 };
 
 struct PutResult {
@@ -103,6 +133,14 @@ struct ChunkStoreStats {
   uint64_t compactions = 0;      // segments compacted since Open()
   uint64_t compacted_bytes = 0;  // bytes copied by compaction since Open()
   std::string io_mode;           // e.g. "io_uring+O_DIRECT"
+  // The volume of the data dir (statvfs), at the time of the call.
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;  // as statvfs reports it (a held reserve is not free)
+  // Above the high watermark: new chunks are refused until space comes back
+  // (see ChunkStoreOptions::min_free_bytes). Placement should skip the node.
+  bool full = false;
+  uint64_t reserve_bytes = 0;  // bytes the reserve file holds now (0: released)
+  uint64_t lost_chunks = 0;    // ids in LostChunks()
 };
 
 // Progress of a scrub: chunks checked so far out of a total.
@@ -116,7 +154,10 @@ struct ScrubResult {
 class ChunkStore {
  public:
   // Opens (creating if needed) the store in `dir`. Reclaims bytes past the
-  // last indexed record and removes segments nothing points to.
+  // last indexed record and removes segments nothing points to; chunks whose
+  // segment is missing or too short are quarantined (see LostChunks()), not
+  // a reason to refuse. On a full volume the reserve is released first, so
+  // the store opens there too.
   // FAILED_PRECONDITION when the index is corrupt (never silently repaired:
   // acknowledged chunks must not disappear); the message says what to do.
   static absl::StatusOr<std::unique_ptr<ChunkStore>> Open(const std::string& dir,
@@ -129,18 +170,25 @@ class ChunkStore {
   // Stores `chunks`, returning OK only when every one is durable (or was
   // already present). With verify_on_put, a chunk that fails verification
   // fails the call (INVALID_ARGUMENT or DATA_LOSS) before anything is written.
-  // RESOURCE_EXHAUSTED on ENOSPC, UNAVAILABLE/INTERNAL on I/O errors; nothing
-  // of a failed batch is indexed.
+  // RESOURCE_EXHAUSTED when the node is full (min_free_bytes) or on ENOSPC,
+  // UNAVAILABLE/INTERNAL on I/O errors; nothing of a failed batch is indexed.
   absl::Status Put(absl::Span<const EncodedChunk> chunks, PutResult* result = nullptr);
 
   // Reads chunks; for each id: the chunk, NOT_FOUND, or DATA_LOSS when the
-  // stored record fails its checksum. The SHA-256 is not re-computed (the
-  // reader verifies it; see VerifyChunk()).
+  // stored record fails its checksum (the chunk is then quarantined: see
+  // LostChunks(); the next Get() says NOT_FOUND). The SHA-256 is not
+  // re-computed (the reader verifies it; see VerifyChunk()).
   std::vector<absl::StatusOr<EncodedChunk>> Get(absl::Span<const ChunkId> ids);
   absl::StatusOr<EncodedChunk> GetOne(const ChunkId& id);
 
   // For each id, whether the store has it.
   absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids);
+
+  // Up to `limit` (id, raw length) pairs of the chunks the store holds,
+  // in id order, strictly after `start_after` (32 id bytes, or "" for the
+  // start), appended to `out`. Returns true when nothing follows.
+  absl::StatusOr<bool> List(absl::string_view start_after, size_t limit,
+                            std::vector<std::pair<ChunkId, uint32_t>>* out);
 
   // Removes chunks from the index (durably); absent ids are ignored. Space is
   // reclaimed later by compaction. Returns how many were present.
@@ -153,7 +201,19 @@ class ChunkStore {
   absl::StatusOr<int> CompactNow();
 
   // Reads and fully verifies (checksum, decode, SHA-256) every live chunk.
+  // A chunk that fails (DATA_LOSS) is quarantined: dropped from the index and
+  // added to LostChunks(), so a later Put() of the same id stores good bytes.
+  // Other errors (I/O) are reported in `bad` but change nothing.
   ScrubResult Scrub(const ScrubProgress& progress = nullptr);
+
+  // Ids removed from the index because their bytes were unreadable: a
+  // segment missing or truncated at Open(), a record failing its checksum on
+  // Get() or Scrub(). Persisted in the index DB, so they survive restarts,
+  // until ForgetLost(), a Put() that stores the id again, or a Delete() of
+  // it. Sorted. For repair: restore them from another replica, then forget.
+  std::vector<ChunkId> LostChunks();
+  // Removes `ids` from LostChunks() (durably); ids not there are ignored.
+  absl::Status ForgetLost(absl::Span<const ChunkId> ids);
 
   const std::string& dir() const;
 

@@ -33,23 +33,54 @@ using internal_rocksdb::View;
 
 absl::StatusOr<int> ChunkStore::Impl::CompactNow() {
   absl::MutexLock compaction_lock(&compaction_mu_);
-  // Pick sealed segments with too little live data.
-  std::vector<uint64_t> candidates;
+  const bool full = Stats().full;
+  // Pick segments with too little live data, emptiest first: a dead one is
+  // unlinked without copying anything, which is all a full volume may allow.
+  std::vector<std::pair<uint64_t, uint64_t>> candidates;  // (live bytes, id)
   {
     absl::MutexLock lock(&mu_);
+    if (active_segment_ != 0 && active_segment_ != writing_segment_) {
+      // The active segment takes no part otherwise. Seal it when it is dead
+      // (everything in it deleted), or thin while the node is full: no new
+      // chunk will land in it then anyway.
+      Segment& seg = segments_[active_segment_];
+      if (seg.size > 0 &&
+          (seg.live_bytes == 0 || (full && static_cast<double>(seg.live_bytes) <
+                                               options_.compaction_live_fraction *
+                                                   static_cast<double>(seg.size)))) {
+        seg.sealed = true;
+        active_segment_ = 0;
+      }
+    }
     for (const auto& [id, seg] : segments_) {
       if (id == active_segment_ || !seg.sealed) continue;
       if (seg.size == 0 ||
           static_cast<double>(seg.live_bytes) <
               options_.compaction_live_fraction * static_cast<double>(seg.size)) {
-        candidates.push_back(id);
+        candidates.push_back({seg.live_bytes, id});
       }
     }
   }
-  if (candidates.empty()) return 0;
+  if (candidates.empty()) {
+    MaintainReserve();
+    return 0;
+  }
+  std::sort(candidates.begin(), candidates.end());
+  int compacted = 0;
+  // Dead segments first, with no index scan.
+  size_t first_live = 0;
+  for (; first_live < candidates.size() && candidates[first_live].first == 0;
+       ++first_live) {
+    SNAPBACK_ASSIGN_OR_RETURN(bool unlinked, UnlinkIfDead(candidates[first_live].second));
+    if (unlinked) ++compacted;
+  }
+  if (first_live == candidates.size() || absl::Now() < copy_backoff_until_) {
+    MaintainReserve();
+    return compacted;  // nothing to copy, or out of space lately
+  }
   // The index says exactly which records are live; collect them per segment.
   absl::flat_hash_map<uint64_t, std::vector<IndexEntry>> live;
-  for (uint64_t id : candidates) live[id];
+  for (size_t i = first_live; i < candidates.size(); ++i) live[candidates[i].second];
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     for (it->Seek("c"); it->Valid() && it->key().starts_with("c"); it->Next()) {
@@ -59,16 +90,36 @@ absl::StatusOr<int> ChunkStore::Impl::CompactNow() {
     }
     SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan"));
   }
-  int compacted = 0;
-  for (uint64_t id : candidates) {
+  for (size_t i = first_live; i < candidates.size(); ++i) {
+    const uint64_t id = candidates[i].second;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
     }
+    uint64_t copy = 0;
+    for (const IndexEntry& e : live[id])
+      copy += AlignUp(e.record_size(), kRecordAlignment);
+    absl::Status s = RoomToCopy(AlignUp(copy))
+                         ? CompactSegment(id, std::move(live[id]))
+                         : absl::ResourceExhaustedError(
+                               absl::StrCat("no room on the volume to copy the ", copy,
+                                            " live bytes of segment ", SegmentName(id)));
+    if (absl::IsResourceExhausted(s)) {
+      // Out of space: do not spin. Copying waits, doubling from the
+      // compaction interval up to a minute; dead segments are still unlinked
+      // (deletes kick a pass), which is what gives space back first.
+      copy_backoff_ =
+          std::clamp(copy_backoff_ * 2, options_.compaction_interval,
+                     std::max(options_.compaction_interval, absl::Minutes(1)));
+      copy_backoff_until_ = absl::Now() + copy_backoff_;
+      SNAPBACK_LOG(Warning, "compaction of %s paused for %s: %s", dir_,
+                   absl::FormatDuration(copy_backoff_), s.ToString());
+      MaintainReserve();
+      return compacted;
+    }
+    if (!s.ok() && !absl::IsDataLoss(s)) return s;  // I/O trouble: stop the pass
     // One segment that cannot be compacted (e.g. a record failing its
     // checksum: scrub reports it) must not stop space coming back elsewhere.
-    absl::Status s = CompactSegment(id, std::move(live[id]));
-    if (!s.ok() && !absl::IsDataLoss(s)) return s;  // I/O trouble: stop the pass
     if (!s.ok()) {
       SNAPBACK_LOG(Warning, "compaction of segment %s in %s skipped: %s", SegmentName(id),
                    dir_, s.ToString());
@@ -76,7 +127,31 @@ absl::StatusOr<int> ChunkStore::Impl::CompactNow() {
     }
     ++compacted;
   }
+  copy_backoff_ = absl::ZeroDuration();
+  MaintainReserve();  // space may be back
   return compacted;
+}
+
+absl::StatusOr<bool> ChunkStore::Impl::UnlinkIfDead(uint64_t id) {
+  std::string path;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = segments_.find(id);
+    if (it == segments_.end() || !it->second.sealed || it->second.live_bytes != 0 ||
+        id == writing_segment_) {
+      return false;
+    }
+    stats_.file_bytes -= it->second.size;
+    segments_.erase(it);
+    ++stats_.compactions;
+    path = segments_dir_ + "/" + SegmentName(id);
+  }
+  // Readers hold the file open through shared_ptr; the unlink frees the
+  // blocks once the last of them is done.
+  SNAPBACK_RETURN_IF_ERROR(fs_->Remove(path));
+  SNAPBACK_RETURN_IF_ERROR(fs_->CrashPoint("compact.after_unlink"));
+  SNAPBACK_RETURN_IF_ERROR(fs_->SyncDir(segments_dir_));
+  return true;
 }
 
 absl::Status ChunkStore::Impl::CompactSegment(uint64_t id, std::vector<IndexEntry> live) {
@@ -154,6 +229,9 @@ void ChunkStore::Impl::CompactionLoop() {
     if (!n.ok() && !absl::IsCancelled(n.status())) {
       SNAPBACK_LOG(Warning, "compaction of %s failed: %s", dir_, n.status().ToString());
     }
+    // Release the reserve if something filled the volume, or make it again
+    // once compaction gave space back (CompactNow() does when it runs).
+    MaintainReserve();
   }
 }
 

@@ -14,14 +14,18 @@
 //                              payload checksum against the index), Scrub().
 //   chunk_store_compaction.cc  the background thread, segment selection,
 //                              paced relocation through the writer queue,
-//                              unlink of emptied segments.
+//                              unlink of emptied segments, the back-off.
+//   chunk_store_space.cc       the volume: the high watermark for Put(), the
+//                              reserve file, room for compaction.
 //
 // Not part of the public interface: include only from storage/chunk_store*.cc.
 #ifndef SNAPBACK_STORAGE_CHUNK_STORE_INTERNAL_H_
 #define SNAPBACK_STORAGE_CHUNK_STORE_INTERNAL_H_
 
 #include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -31,10 +35,12 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/codec.h"
 #include "common/hash.h"
@@ -56,12 +62,13 @@ std::string SegmentName(uint64_t id);
 
 // Thread-safe. Lock order: compaction_mu_ (one compaction pass, or the
 // consistency check) is taken before mu_ and before the writer queue;
-// queue_mu_, pool_mu_ and mu_ are never held together.
+// queue_mu_, pool_mu_, reserve_mu_ and mu_ are never held together.
 class ChunkStore::Impl {
  public:
   Impl(std::string dir, ChunkStoreOptions options)
       : dir_(std::move(dir)),
         segments_dir_(dir_ + "/segments"),
+        reserve_path_(dir_ + "/space-reserve"),
         options_(std::move(options)) {}
   // Stops the compaction thread and closes the index.
   ~Impl();
@@ -72,12 +79,16 @@ class ChunkStore::Impl {
   absl::Status Put(absl::Span<const EncodedChunk> chunks, PutResult* result);
   absl::StatusOr<EncodedChunk> Get(const ChunkId& id);
   absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids);
+  absl::StatusOr<bool> List(absl::string_view start_after, size_t limit,
+                            std::vector<std::pair<ChunkId, uint32_t>>* out);
   absl::StatusOr<int> Delete(absl::Span<const ChunkId> ids);
   ChunkStoreStats Stats();
   absl::StatusOr<int> CompactNow();
   ScrubResult Scrub(const ScrubProgress& progress);
   const std::string& dir() const { return dir_; }
   absl::Status CheckConsistency();
+  std::vector<ChunkId> LostChunks();
+  absl::Status ForgetLost(absl::Span<const ChunkId> ids);
 
  private:
   struct Segment {
@@ -103,11 +114,20 @@ class ChunkStore::Impl {
     std::vector<Record> records;
   };
 
+  // A chunk whose bytes cannot be read: dropped from the index (when the
+  // index still points at `where`) and remembered as lost.
+  struct LostRecord {
+    ChunkId id;
+    IndexEntry where;
+    std::string reason;
+  };
+
   // One caller's request in the group-commit queue.
   struct Writer {
-    enum class Kind { kPut, kDelete, kRelocate } kind;
-    Prepared* prepared = nullptr;        // kPut, kRelocate
-    absl::Span<const ChunkId> ids = {};  // kDelete
+    enum class Kind { kPut, kDelete, kRelocate, kQuarantine, kForget } kind;
+    Prepared* prepared = nullptr;            // kPut, kRelocate
+    absl::Span<const ChunkId> ids = {};      // kDelete, kForget
+    absl::Span<const LostRecord> lost = {};  // kQuarantine
     absl::Status status = absl::OkStatus();
     PutResult put_result = {};
     int deleted = 0;
@@ -128,8 +148,15 @@ class ChunkStore::Impl {
   // Leader only: makes sure there is an unsealed segment with room for
   // `bytes` (starting a new one when needed). Returns its id.
   absl::StatusOr<uint64_t> ActiveSegmentFor(uint64_t bytes, bool* created);
-  // No more appends to segment `id` (after a failed write or sync).
+  // No more appends to segment `id` (after a failed write or sync). A
+  // segment nothing is indexed in is unlinked at once, so failed writes
+  // (ENOSPC) leave no empty files behind.
   void SealSegment(uint64_t id);
+  // Drops unreadable chunks from the index and records them as lost.
+  absl::Status Quarantine(std::vector<LostRecord> lost);
+  // The group's synced index write. After a failed write RocksDB refuses
+  // every later one until resumed; the next call resumes it first.
+  absl::Status WriteIndex(rocksdb::WriteBatch* batch);
 
   // --- chunk_store_read.cc
 
@@ -142,8 +169,32 @@ class ChunkStore::Impl {
 
   // --- chunk_store.cc
 
-  // Rebuilds the segment table and the stats from the index (Open() only).
+  // Rebuilds the segment table and the stats from the index (Open() only);
+  // quarantines chunks of missing or truncated segments.
   absl::Status Recover();
+
+  // --- chunk_store_space.cc
+
+  // The data dir's volume now.
+  absl::StatusOr<VolumeSpace> Space();
+  // What MaintainReserve() may do.
+  enum class ReserveAction {
+    kAdjust,        // release when low, re-create when space is back
+    kReleaseIfLow,  // only release (cheap; on every group commit)
+    kRelease,       // release now (compaction needs the room)
+  };
+  // Releases the reserve when the volume's free space is below its size,
+  // and re-creates it when there is 2 x reserve_bytes + min_free_bytes free.
+  // Errors are logged, not returned: the reserve is a safety margin.
+  void MaintainReserve(ReserveAction action = ReserveAction::kAdjust);
+  // Put() admission: RESOURCE_EXHAUSTED (saying what to do) when `bytes`
+  // more would cross the high watermark; else counts them as pending until
+  // FinishPut().
+  absl::Status AdmitPut(uint64_t bytes);
+  void FinishPut(uint64_t bytes);
+  // Whether compaction may write `bytes` now and leave the databases room
+  // (releasing the reserve when that makes the difference).
+  bool RoomToCopy(uint64_t bytes);
 
   // --- chunk_store_compaction.cc
 
@@ -151,9 +202,12 @@ class ChunkStore::Impl {
   void CompactionLoop();
   // Moves the `live` records of sealed segment `id` elsewhere, then unlinks it.
   absl::Status CompactSegment(uint64_t id, std::vector<IndexEntry> live);
+  // Unlinks sealed segment `id` if nothing is indexed in it. True if it did.
+  absl::StatusOr<bool> UnlinkIfDead(uint64_t id);
 
   const std::string dir_;
   const std::string segments_dir_;
+  const std::string reserve_path_;
   ChunkStoreOptions options_;
   std::shared_ptr<FileSystem> fs_;
   std::unique_ptr<rocksdb::DB> db_;
@@ -169,13 +223,29 @@ class ChunkStore::Impl {
   absl::Mutex mu_;
   std::map<uint64_t, Segment> segments_ ABSL_GUARDED_BY(mu_);
   uint64_t active_segment_ ABSL_GUARDED_BY(mu_) = 0;  // 0 = none
+  // The segment the group-commit leader is appending to (0 = none): never
+  // sealed or unlinked by compaction meanwhile.
+  uint64_t writing_segment_ ABSL_GUARDED_BY(mu_) = 0;
+  // Bytes of admitted puts not yet written (see AdmitPut()).
+  uint64_t pending_put_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Mirror of the "l" keys of the index.
+  absl::flat_hash_set<ChunkId> lost_ ABSL_GUARDED_BY(mu_);
   uint64_t next_segment_id_ ABSL_GUARDED_BY(mu_) = 1;
   ChunkStoreStats stats_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool compaction_kick_ ABSL_GUARDED_BY(mu_) = false;
 
   absl::Mutex compaction_mu_;  // one compaction pass at a time
+  // After a compaction ran out of space, copying waits until then (doubling
+  // up to a minute); unlinking dead segments goes on.
+  absl::Time copy_backoff_until_ ABSL_GUARDED_BY(compaction_mu_) = absl::InfinitePast();
+  absl::Duration copy_backoff_ ABSL_GUARDED_BY(compaction_mu_) = absl::ZeroDuration();
   std::thread compaction_thread_;
+
+  absl::Mutex reserve_mu_;                 // one reserve change at a time
+  std::atomic<uint64_t> reserve_held_{0};  // bytes the reserve file holds
+  // An index write failed: resume RocksDB before the next one (leader only).
+  bool index_failed_ = false;
 };
 
 }  // namespace snapback::storage

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/codec.h"
 #include "common/hash.h"
+#include "common/log.h"
 #include "common/rocksdb_util.h"
 #include "common/status_macros.h"
 #include "storage/chunk_store.h"
@@ -55,6 +56,15 @@ absl::StatusOr<EncodedChunk> ChunkStore::Impl::ReadRecord(const IndexEntry& e) {
   const uint64_t size = e.record_size();
   std::string header_bytes(kRecordHeaderSize, '\0');
   EncodedChunk chunk;
+  auto where = [&] {
+    return absl::StrCat(" (segment ", SegmentName(e.segment), " offset ", e.offset, ")");
+  };
+  // A segment cut short under a running store: the record is gone.
+  auto past_end = [&](absl::Status s) {
+    if (!absl::IsOutOfRange(s)) return s;
+    return absl::DataLossError(
+        absl::StrCat("record past the end of its segment", where()));
+  };
   if (file->direct_io()) {
     // One aligned read covering the record, into a per-thread buffer (a new
     // multi-MiB allocation per read would cost page faults).
@@ -62,19 +72,17 @@ absl::StatusOr<EncodedChunk> ChunkStore::Impl::ReadRecord(const IndexEntry& e) {
     uint64_t begin = AlignDown(e.offset);
     uint64_t end = AlignUp(e.offset + size);
     buf.Resize(end - begin);
-    SNAPBACK_RETURN_IF_ERROR(file->ReadAt(begin, buf.span()));
+    SNAPBACK_RETURN_IF_ERROR(past_end(file->ReadAt(begin, buf.span())));
     const char* rec = buf.data() + (e.offset - begin);
     std::memcpy(header_bytes.data(), rec, kRecordHeaderSize);
     chunk.data.assign(rec + kRecordHeaderSize, e.encoded_length);
   } else {
     chunk.data.resize(e.encoded_length);
-    SNAPBACK_RETURN_IF_ERROR(file->ReadAt(e.offset, absl::MakeSpan(header_bytes)));
     SNAPBACK_RETURN_IF_ERROR(
-        file->ReadAt(e.offset + kRecordHeaderSize, absl::MakeSpan(chunk.data)));
+        past_end(file->ReadAt(e.offset, absl::MakeSpan(header_bytes))));
+    SNAPBACK_RETURN_IF_ERROR(
+        past_end(file->ReadAt(e.offset + kRecordHeaderSize, absl::MakeSpan(chunk.data))));
   }
-  auto where = [&] {
-    return absl::StrCat(" (segment ", SegmentName(e.segment), " offset ", e.offset, ")");
-  };
   auto header = DecodeRecordHeader(header_bytes);
   if (!header.ok()) {
     return absl::DataLossError(absl::StrCat(header.status().message(), where()));
@@ -102,12 +110,50 @@ absl::StatusOr<EncodedChunk> ChunkStore::Impl::Get(const ChunkId& id) {
     SNAPBACK_ASSIGN_OR_RETURN(IndexEntry e, Lookup(id));
     auto chunk = ReadRecord(e);
     if (chunk.ok() && chunk->id != id) {
-      return absl::DataLossError(absl::StrCat("record at the index location of ",
-                                              id.ShortHex(), " holds chunk ",
-                                              chunk->id.ShortHex()));
+      chunk = absl::DataLossError(absl::StrCat("record at the index location of ",
+                                               id.ShortHex(), " holds chunk ",
+                                               chunk->id.ShortHex()));
+    }
+    if (absl::IsDataLoss(chunk.status())) {
+      // The bytes are bad for good: drop the chunk so repair can put a good
+      // copy back, and say DATA_LOSS to this reader.
+      absl::Status q = Quarantine(
+          {{.id = id, .where = e, .reason = std::string(chunk.status().message())}});
+      if (!q.ok()) {
+        SNAPBACK_LOG(Error, "cannot quarantine chunk %s in %s: %s", id.ToHex(), dir_,
+                     q.ToString());
+      }
+      return chunk;
     }
     if (chunk.ok() || attempt >= 2 || !absl::IsUnavailable(chunk.status())) return chunk;
   }
+}
+
+absl::StatusOr<bool> ChunkStore::Impl::List(
+    absl::string_view start_after, size_t limit,
+    std::vector<std::pair<ChunkId, uint32_t>>* out) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  std::string from = "c";
+  from.append(start_after.data(), start_after.size());
+  it->Seek(rocksdb::Slice(from));
+  if (!start_after.empty() && it->Valid() && it->key() == rocksdb::Slice(from))
+    it->Next();
+  size_t n = 0;
+  for (; it->Valid() && it->key().starts_with("c"); it->Next()) {
+    if (n == limit) return false;
+    absl::StatusOr<ChunkId> id =
+        ChunkIdFromKey(absl::string_view(it->key().data(), it->key().size()));
+    if (!id.ok()) continue;  // not a chunk key
+    absl::StatusOr<IndexEntry> e =
+        IndexEntry::Decode(absl::string_view(it->value().data(), it->value().size()));
+    if (!e.ok()) return e.status();
+    out->emplace_back(*id, e->raw_length);
+    ++n;
+  }
+  if (!it->status().ok()) {
+    return absl::UnavailableError(absl::StrCat("index scan: ", it->status().ToString()));
+  }
+  return true;
 }
 
 absl::StatusOr<std::vector<bool>> ChunkStore::Impl::Has(absl::Span<const ChunkId> ids) {
@@ -141,8 +187,21 @@ ScrubResult ChunkStore::Impl::Scrub(const ScrubProgress& progress) {
       result.bad.push_back({ChunkId{}, id.status()});
       continue;
     }
+    // Get() quarantines a record that fails its checksum; a record that
+    // passes it but does not decode to its id is quarantined here.
     auto chunk = Get(*id);
     absl::Status s = chunk.ok() ? VerifyChunk(*chunk, &scratch) : chunk.status();
+    if (chunk.ok() && !s.ok()) {
+      auto e = IndexEntry::Decode(View(it->value()));
+      if (e.ok()) {
+        absl::Status q =
+            Quarantine({{.id = *id, .where = *e, .reason = std::string(s.message())}});
+        if (!q.ok()) {
+          SNAPBACK_LOG(Error, "cannot quarantine chunk %s in %s: %s", id->ToHex(), dir_,
+                       q.ToString());
+        }
+      }
+    }
     if (!s.ok() && !absl::IsNotFound(s)) result.bad.push_back({*id, s});
     ++result.checked;
     if (progress && (result.checked % 64 == 0 || result.checked == total)) {

@@ -1,5 +1,6 @@
 #include "storage/chunk_store.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -231,28 +232,70 @@ TEST_P(ChunkStoreTest, BackgroundCompactionRunsAfterDeletes) {
   EXPECT_LE(DiskUsage(dir_.path() + "/segments"), uint64_t{4} << 20);
 }
 
-TEST_P(ChunkStoreTest, ScrubFindsCorruptionOnDisk) {
+// Flips one bit at byte `offset` of `path`.
+void FlipByte(const std::string& path, long offset) {
+  FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_NE(f, nullptr) << path;
+  std::fseek(f, offset, SEEK_SET);
+  int b = std::fgetc(f);
+  std::fseek(f, offset, SEEK_SET);
+  std::fputc(b ^ 0x40, f);
+  std::fclose(f);
+}
+
+TEST_P(ChunkStoreTest, ReadsAndScrubQuarantineCorruptionOnDisk) {
   auto store = OpenStore(Options());
-  EncodedChunk c = MakeChunk(64 << 10, 5);
-  ASSERT_TRUE(store->Put({c}).ok());
+  EncodedChunk read = MakeChunk(64 << 10, 5);
+  EncodedChunk scrubbed = MakeChunk(64 << 10, 6);
+  EncodedChunk good = MakeChunk(64 << 10, 7);
+  ASSERT_TRUE(store->Put({read, scrubbed, good}).ok());
   store.reset();
-  // Flip a byte in the middle of the only segment.
+  // Flip a byte in the middle of the first two records of the only segment.
   std::string seg;
   for (const auto& e : std::filesystem::directory_iterator(dir_.path() + "/segments")) {
     seg = e.path();
   }
-  FILE* f = std::fopen(seg.c_str(), "r+b");
-  ASSERT_NE(f, nullptr);
-  std::fseek(f, 10000, SEEK_SET);
-  int b = std::fgetc(f);
-  std::fseek(f, 10000, SEEK_SET);
-  std::fputc(b ^ 0x40, f);
-  std::fclose(f);
+  FlipByte(seg, 10000);
+  FlipByte(seg, (64 << 10) + 10000);
   store = OpenStore(Options());
-  EXPECT_EQ(store->GetOne(c.id).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(store->LostChunks().empty());
+  // A read finds one: DATA_LOSS for that reader, then the chunk is gone
+  // from the index and listed as lost.
+  EXPECT_EQ(store->GetOne(read.id).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(store->GetOne(read.id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->LostChunks(), std::vector<ChunkId>{read.id});
+  // Scrub finds the other.
   ScrubResult scrub = store->Scrub();
   ASSERT_EQ(scrub.bad.size(), 1u);
-  EXPECT_EQ(scrub.bad[0].first, c.id);
+  EXPECT_EQ(scrub.bad[0].first, scrubbed.id);
+  EXPECT_EQ(scrub.bad[0].second.code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(store->Scrub().bad.empty()) << "quarantined chunks are checked again";
+  std::vector<ChunkId> lost = {read.id, scrubbed.id};
+  std::sort(lost.begin(), lost.end());
+  EXPECT_EQ(store->LostChunks(), lost);
+  EXPECT_EQ(store->Stats().lost_chunks, 2u);
+  EXPECT_EQ(store->Stats().chunks, 1u);
+  ASSERT_TRUE(store->TEST_CheckConsistency().ok());
+  // The list survives a restart.
+  store.reset();
+  store = OpenStore(Options());
+  EXPECT_EQ(store->LostChunks(), lost);
+  // Putting a lost chunk back stores good bytes and takes it off the list;
+  // ForgetLost takes off the rest.
+  PutResult put;
+  ASSERT_TRUE(store->Put({read}, &put).ok());
+  EXPECT_EQ(put.stored, 1);
+  auto back = store->GetOne(read.id);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->data, read.data);
+  EXPECT_EQ(store->LostChunks(), std::vector<ChunkId>{scrubbed.id});
+  ASSERT_TRUE(store->ForgetLost({scrubbed.id, good.id}).ok());
+  EXPECT_TRUE(store->LostChunks().empty());
+  store.reset();
+  store = OpenStore(Options());
+  EXPECT_TRUE(store->LostChunks().empty());
+  EXPECT_TRUE(store->GetOne(good.id).ok());
+  EXPECT_TRUE(store->Scrub().bad.empty());
 }
 
 TEST_P(ChunkStoreTest, CompactionSkipsASegmentItCannotReadAndSaysSo) {
@@ -264,13 +307,7 @@ TEST_P(ChunkStoreTest, CompactionSkipsASegmentItCannotReadAndSaysSo) {
   for (const auto& e : std::filesystem::directory_iterator(dir_.path() + "/segments")) {
     seg = e.path();
   }
-  FILE* f = std::fopen(seg.c_str(), "r+b");
-  ASSERT_NE(f, nullptr);
-  std::fseek(f, 10000, SEEK_SET);  // inside the chunk's encoded bytes
-  int b = std::fgetc(f);
-  std::fseek(f, 10000, SEEK_SET);
-  std::fputc(b ^ 0x40, f);
-  std::fclose(f);
+  FlipByte(seg, 10000);  // inside the chunk's encoded bytes
 
   // After a reopen the segment is sealed; with a live fraction of 1 its
   // padding alone makes it a candidate.

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "absl/time/time.h"
 #include "common/codec.h"
 #include "common/hash.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "storage/chunk_store.h"
 #include "storage/chunk_store_internal.h"
@@ -108,10 +110,22 @@ absl::Status ChunkStore::Impl::Put(absl::Span<const EncodedChunk> chunks,
     if (result != nullptr) *result = skipped;
     return absl::OkStatus();
   }
+  // Refuse before the volume is full (and before copying anything).
+  uint64_t bytes = 0;
+  for (const auto& r : records) {
+    bytes += AlignUp(kRecordHeaderSize + r.chunk->data.size(), kRecordAlignment);
+  }
+  bytes = AlignUp(bytes);
+  if (absl::Status admitted = AdmitPut(bytes); !admitted.ok()) {
+    MaintainReserve();
+    return admitted;
+  }
   Prepared prepared = Prepare(std::move(records));
   Writer w{.kind = Writer::Kind::kPut, .prepared = &prepared};
   absl::Status s = Write(&w);
   Recycle(&prepared);
+  FinishPut(bytes);
+  if (absl::IsResourceExhausted(s)) MaintainReserve();  // the volume filled anyway
   if (skipped.already_present > 0) {
     absl::MutexLock lock(&mu_);
     stats_.dedup_hits += skipped.already_present;
@@ -121,6 +135,18 @@ absl::Status ChunkStore::Impl::Put(absl::Span<const EncodedChunk> chunks,
     result->already_present += skipped.already_present;
   }
   return s;
+}
+
+absl::Status ChunkStore::Impl::Quarantine(std::vector<LostRecord> lost) {
+  for (const LostRecord& r : lost) {
+    SNAPBACK_LOG(
+        Error,
+        "chunk %s in %s is unreadable (%s): quarantined (dropped from the index, "
+        "listed as lost) for repair from a replica",
+        r.id.ToHex(), dir_, r.reason);
+  }
+  Writer w{.kind = Writer::Kind::kQuarantine, .prepared = nullptr, .lost = lost};
+  return Write(&w);
 }
 
 absl::StatusOr<int> ChunkStore::Impl::Delete(absl::Span<const ChunkId> ids) {
@@ -178,6 +204,7 @@ absl::StatusOr<uint64_t> ChunkStore::Impl::ActiveSegmentFor(uint64_t bytes,
     if (active_segment_ != 0) {
       Segment& seg = segments_[active_segment_];
       if (!seg.sealed && (seg.size == 0 || seg.size + bytes <= options_.segment_bytes)) {
+        writing_segment_ = active_segment_;
         return active_segment_;
       }
       seg.sealed = true;
@@ -196,15 +223,49 @@ absl::StatusOr<uint64_t> ChunkStore::Impl::ActiveSegmentFor(uint64_t bytes,
   seg.file = std::move(file);
   segments_[id] = std::move(seg);
   active_segment_ = id;
+  writing_segment_ = id;
   ++stats_.segments;
   return id;
 }
 
 void ChunkStore::Impl::SealSegment(uint64_t id) {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(id);
-  if (it != segments_.end()) it->second.sealed = true;
-  if (active_segment_ == id) active_segment_ = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (writing_segment_ == id) writing_segment_ = 0;
+    if (active_segment_ == id) active_segment_ = 0;
+    auto it = segments_.find(id);
+    if (it == segments_.end()) return;
+    it->second.sealed = true;
+    if (it->second.live_bytes > 0) return;
+    // Nothing is indexed here (typically a new segment whose first write
+    // failed with ENOSPC): no reader can reach it, so drop it now instead
+    // of leaving an empty file per failed attempt.
+    stats_.file_bytes -= it->second.size;
+    segments_.erase(it);
+  }
+  absl::Status removed = fs_->Remove(segments_dir_ + "/" + SegmentName(id));
+  if (removed.ok()) removed = fs_->SyncDir(segments_dir_);
+  if (!removed.ok() && !absl::IsNotFound(removed)) {
+    // Harmless: Open() removes segments nothing points at.
+    SNAPBACK_LOG(Warning, "cannot remove failed segment %s in %s: %s", SegmentName(id),
+                 dir_, removed.ToString());
+  }
+}
+
+absl::Status ChunkStore::Impl::WriteIndex(rocksdb::WriteBatch* batch) {
+  if (index_failed_) {
+    // RocksDB stops taking writes after a failed one (e.g. ENOSPC) until
+    // resumed; try once per group (it refuses while the cause persists).
+    index_failed_ = !db_->Resume().ok();
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  absl::Status s = FromRocks(db_->Write(wo, batch), "write");
+  if (!s.ok()) {
+    index_failed_ = true;
+    if (absl::IsResourceExhausted(s)) MaintainReserve();
+  }
+  return s;
 }
 
 absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
@@ -218,10 +279,23 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
     size_t buffer_index;  // which writer buffer, for the final offset
   };
   absl::flat_hash_map<ChunkId, NewEntry> added;
-  absl::flat_hash_set<ChunkId> removed;       // deleted in this group
+  absl::flat_hash_set<ChunkId> removed;       // deleted (or quarantined) in this group
   std::vector<IndexEntry> removals;           // pre-existing entries deleted
   std::vector<std::pair<ChunkId, bool>> ops;  // batch order: (id, is_put)
   std::vector<const Prepared*> buffers;
+  // Lost-chunk keys this group sets (a value) or clears (nullopt), last
+  // change in queue order winning; and ids stored, deleted or forgotten
+  // here, whose lost key (if any) goes.
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  absl::flat_hash_map<ChunkId, std::optional<std::string>> lost_change;
+  std::vector<ChunkId> unlost;
+  auto not_lost = [&](const ChunkId& id) {
+    if (auto it = lost_change.find(id); it != lost_change.end()) {
+      it->second.reset();
+    } else {
+      unlost.push_back(id);
+    }
+  };
 
   auto present_before = [&](const ChunkId& id) -> absl::StatusOr<bool> {
     if (removed.contains(id)) return false;
@@ -260,7 +334,25 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
         }
         added[id] = {w, &r, index};
         ops.push_back({id, true});
+        if (r.from == nullptr) not_lost(id);
       }
+    }
+    if (w->kind == Writer::Kind::kQuarantine) {
+      for (const LostRecord& r : w->lost) {
+        if (removed.contains(r.id) || added.contains(r.id)) continue;
+        auto current = Lookup(r.id);
+        if (!current.ok() || current->segment != r.where.segment ||
+            current->offset != r.where.offset) {
+          continue;  // deleted or moved meanwhile: not the bad copy any more
+        }
+        removals.push_back(*current);
+        removed.insert(r.id);
+        ops.push_back({r.id, false});
+        lost_change[r.id] = EncodeLostValue(now_ms, r.reason);
+      }
+    }
+    if (w->kind == Writer::Kind::kForget) {
+      for (const ChunkId& id : w->ids) not_lost(id);
     }
     if (w->kind == Writer::Kind::kDelete) {
       for (const ChunkId& id : w->ids) {
@@ -276,8 +368,10 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
           added.erase(it);
           ops.push_back({id, false});
           ++w->deleted;
+          not_lost(id);
           continue;
         }
+        not_lost(id);  // nothing to repair for a chunk nobody wants
         auto existing = Lookup(id);
         if (absl::IsNotFound(existing.status())) continue;
         if (!existing.ok()) {
@@ -291,6 +385,16 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
       }
     }
   }
+  if (!unlost.empty()) {
+    absl::MutexLock lock(&mu_);
+    for (const ChunkId& id : unlost) {
+      if (lost_.contains(id)) lost_change.try_emplace(id, std::nullopt);
+    }
+  }
+
+  // Whatever filled the volume, the writes below (and RocksDB's) must not
+  // meet ENOSPC while the reserve still holds space.
+  MaintainReserve(ReserveAction::kReleaseIfLow);
 
   // 2. Append every writer's buffer back to back, then make it durable.
   uint64_t total = 0;
@@ -329,9 +433,12 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
       return s;
     }
   }
+  auto done_writing = [&] {
+    absl::MutexLock lock(&mu_);
+    writing_segment_ = 0;
+  };
 
   // 3. The index, in one synced batch, in queue order.
-  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   auto entry_of = [&](const NewEntry& n) {
     const Prepared::Record& r = *n.record;
     return IndexEntry{.segment = segment_id,
@@ -352,16 +459,33 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
       batch.Delete(ChunkKey(id));
     }
   }
+  for (const auto& [id, value] : lost_change) {
+    if (value.has_value()) {
+      batch.Put(LostKey(id), *value);
+    } else {
+      batch.Delete(LostKey(id));
+    }
+  }
   if (batch.Count() > 0) {
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    SNAPBACK_RETURN_IF_ERROR(FromRocks(db_->Write(wo, &batch), "write"));
-    SNAPBACK_RETURN_IF_ERROR(fs_->CrashPoint("put.after_index"));
+    absl::Status s = WriteIndex(&batch);
+    if (s.ok()) s = fs_->CrashPoint("put.after_index");
+    if (!s.ok()) {
+      done_writing();
+      return s;
+    }
   }
 
   // 4. In-memory accounting.
   absl::MutexLock lock(&mu_);
+  writing_segment_ = 0;
   ++stats_.group_commits;
+  for (const auto& [id, value] : lost_change) {
+    if (value.has_value()) {
+      lost_.insert(id);
+    } else {
+      lost_.erase(id);
+    }
+  }
   for (const auto& [id, n] : added) {
     const IndexEntry e = entry_of(n);
     segments_[segment_id].live_bytes += e.record_size();

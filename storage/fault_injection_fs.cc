@@ -48,6 +48,11 @@ class FaultFile : public File {
     fs_->OnWrite(path());
     return base_->Truncate(size);
   }
+  absl::Status Allocate(uint64_t offset, uint64_t length) override {
+    SNAPBACK_RETURN_IF_ERROR(fs_->CheckCrashed());
+    fs_->OnWrite(path());
+    return base_->Allocate(offset, length);
+  }
   absl::StatusOr<uint64_t> Size() override {
     SNAPBACK_RETURN_IF_ERROR(fs_->CheckCrashed());
     return base_->Size();
@@ -157,6 +162,11 @@ absl::StatusOr<std::vector<std::string>> FaultInjectionFileSystem::ListDir(
 
 bool FaultInjectionFileSystem::Exists(const std::string& path) {
   return base_->Exists(path);
+}
+
+absl::StatusOr<VolumeSpace> FaultInjectionFileSystem::Space(const std::string& path) {
+  SNAPBACK_RETURN_IF_ERROR(CheckCrashed());
+  return base_->Space(path);
 }
 
 absl::Status FaultInjectionFileSystem::CrashPoint(absl::string_view name) {

@@ -40,6 +40,7 @@ class FaultInjectionFileSystem : public FileSystem {
   absl::Status Remove(const std::string& path) override;
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override;
   bool Exists(const std::string& path) override;
+  absl::StatusOr<VolumeSpace> Space(const std::string& path) override;
   absl::Status CrashPoint(absl::string_view name) override;
   std::string IoMode() const override { return base_->IoMode(); }
 

@@ -4,8 +4,10 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -177,6 +179,24 @@ class PosixFile : public File {
     return absl::OkStatus();
   }
 
+  absl::Status Allocate(uint64_t offset, uint64_t length) override {
+    int rc;
+    do {
+      rc = ::fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(length));
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0) return absl::OkStatus();
+    if (errno != EOPNOTSUPP) return ErrnoToStatus(errno, "fallocate", path_);
+    // No fallocate here: write zeros (aligned, so an O_DIRECT file takes them).
+    AlignedBuffer zeros(1 << 20);
+    std::memset(zeros.data(), 0, zeros.size());
+    for (uint64_t done = 0; done < length;) {
+      const uint64_t n = std::min<uint64_t>(zeros.size(), length - done);
+      SNAPBACK_RETURN_IF_ERROR(WriteAt(offset + done, {zeros.data(), AlignUp(n)}));
+      done += n;
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<uint64_t> Size() override {
     struct stat st;
     if (::fstat(fd_, &st) != 0) return ErrnoToStatus(errno, "fstat", path_);
@@ -261,6 +281,15 @@ class PosixFileSystem : public FileSystem {
   bool Exists(const std::string& path) override {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0;
+  }
+
+  absl::StatusOr<VolumeSpace> Space(const std::string& path) override {
+    struct statvfs st;
+    if (::statvfs(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "statvfs", path);
+    return VolumeSpace{
+        .capacity_bytes = static_cast<uint64_t>(st.f_blocks) * st.f_frsize,
+        .free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize,
+    };
   }
 
   std::string IoMode() const override { return ring_ ? "io_uring" : "pwrite"; }

@@ -40,6 +40,10 @@ class File {
   // caller must not retry and trust it (see "fsyncgate").
   virtual absl::Status Sync() = 0;
   virtual absl::Status Truncate(uint64_t size) = 0;
+  // Allocates disk blocks for [offset, offset + length) (fallocate mode 0;
+  // zeros written where the file system cannot fallocate), extending the
+  // file. RESOURCE_EXHAUSTED when the volume has no room.
+  virtual absl::Status Allocate(uint64_t offset, uint64_t length) = 0;
   virtual absl::StatusOr<uint64_t> Size() = 0;
   // True when the file was opened with O_DIRECT.
   virtual bool direct_io() const = 0;
@@ -59,6 +63,12 @@ struct OpenOptions {
   bool direct_io = false;
 };
 
+// Size and free space of the volume holding a path (statvfs).
+struct VolumeSpace {
+  uint64_t capacity_bytes = 0;  // f_blocks * f_frsize
+  uint64_t free_bytes = 0;      // f_bavail * f_frsize: what unprivileged writers get
+};
+
 // Thread-safe.
 class FileSystem {
  public:
@@ -74,6 +84,8 @@ class FileSystem {
   // Names (not paths) of the entries of `path`, without "." and "..".
   virtual absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) = 0;
   virtual bool Exists(const std::string& path) = 0;
+  // The volume that holds `path`.
+  virtual absl::StatusOr<VolumeSpace> Space(const std::string& path) = 0;
 
   // A named point in a multi-step protocol (e.g. "segment.after_sync"). The
   // real file system returns OK; a fault-injecting one may return an error

@@ -95,4 +95,20 @@ absl::StatusOr<ChunkId> ChunkIdFromKey(absl::string_view key) {
   return ChunkId::FromBytes(key.substr(1));
 }
 
+std::string LostKey(const ChunkId& id) { return absl::StrCat("l", id.AsBytes()); }
+
+absl::StatusOr<ChunkId> ChunkIdFromLostKey(absl::string_view key) {
+  if (key.size() != 33 || key[0] != 'l') {
+    return absl::DataLossError("malformed lost-chunk key in the index");
+  }
+  return ChunkId::FromBytes(key.substr(1));
+}
+
+std::string EncodeLostValue(int64_t lost_unix_ms, absl::string_view reason) {
+  std::string out(8, '\0');
+  Store64(out.data(), static_cast<uint64_t>(lost_unix_ms));
+  absl::StrAppend(&out, reason);
+  return out;
+}
+
 }  // namespace snapback::storage

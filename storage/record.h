@@ -57,6 +57,14 @@ struct IndexEntry {
 std::string ChunkKey(const ChunkId& id);
 absl::StatusOr<ChunkId> ChunkIdFromKey(absl::string_view key);
 
+// Lost chunks (removed from the index because their bytes could not be
+// read), under their own prefix in the index DB: "l" + 32 id bytes. The value
+// is the time of the loss in Unix ms (8 bytes, little-endian) followed by the
+// reason as text.
+std::string LostKey(const ChunkId& id);
+absl::StatusOr<ChunkId> ChunkIdFromLostKey(absl::string_view key);
+std::string EncodeLostValue(int64_t lost_unix_ms, absl::string_view reason);
+
 }  // namespace snapback::storage
 
 #endif  // SNAPBACK_STORAGE_RECORD_H_
