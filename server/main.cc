@@ -52,6 +52,12 @@ ABSL_FLAG(std::string, storage_tls_server_name, "",
 ABSL_FLAG(bool, allow_insecure_remote, false,
           "allow plaintext on a non-loopback address");
 ABSL_FLAG(uint64_t, segment_mb, 256, "segment file size in MiB, 1..65536");
+ABSL_FLAG(uint64_t, min_free_mb, 256,
+          "refuse new chunks (RESOURCE_EXHAUSTED) when the data volume would have less "
+          "than this many MiB free; deletes and compaction go on (0 = only at ENOSPC)");
+ABSL_FLAG(uint64_t, reserve_mb, 64,
+          "MiB held in DATA_DIR/space-reserve and released when the volume fills anyway, "
+          "so deletes, compaction and metadata writes can proceed (0 = no reserve)");
 ABSL_FLAG(std::string, io, "auto",
           "segment writes: auto (io_uring, else pwrite), io_uring, pwrite");
 ABSL_FLAG(
@@ -163,6 +169,15 @@ Flags ParseFlags(int argc, char** argv) {
     BadFlag(absl::StrCat("--segment-mb '", mb, "' must be a size in MiB, 1..65536"));
   }
   o.store.segment_bytes = mb << 20;
+  for (auto [name, flag, target] :
+       {std::tuple{"min-free-mb", &FLAGS_min_free_mb, &o.store.min_free_bytes},
+        std::tuple{"reserve-mb", &FLAGS_reserve_mb, &o.store.reserve_bytes}}) {
+    const uint64_t v = absl::GetFlag(*flag);
+    if (v > (1u << 30)) {
+      BadFlag(absl::StrCat("--", name, " '", v, "' must be a size in MiB, 0..", 1u << 30));
+    }
+    *target = v << 20;
+  }
   flags.io = absl::GetFlag(FLAGS_io);
   if (flags.io != "auto" && flags.io != "io_uring" && flags.io != "pwrite") {
     BadFlag(absl::StrCat("--io '", flags.io, "' must be auto, io_uring or pwrite"));

@@ -657,6 +657,12 @@ grpc::ServerUnaryReactor* StorageServiceImpl::Stat(
     response->set_compactions(s.compactions);
     response->set_compacted_bytes(s.compacted_bytes);
     response->set_io_mode(s.io_mode);
+    response->set_capacity_bytes(s.capacity_bytes);
+    response->set_free_bytes(s.free_bytes);
+    response->set_full(s.full);
+    response->set_lost_chunks(s.lost_chunks);
+    response->set_reserve_bytes(s.reserve_bytes);
+    response->set_min_free_bytes(s.min_free_bytes);
     return absl::OkStatus();
   });
 }

@@ -291,11 +291,11 @@ ChunkStoreStats ChunkStore::Impl::Stats() {
     s.lost_chunks = lost_.size();
   }
   s.reserve_bytes = reserve_held_.load();
+  s.min_free_bytes = options_.min_free_bytes;
   if (auto space = Space(); space.ok()) {
     s.capacity_bytes = space->capacity_bytes;
     s.free_bytes = space->free_bytes;
-    const uint64_t owed = options_.reserve_bytes - s.reserve_bytes;
-    s.full = space->free_bytes < owed + options_.min_free_bytes;
+    s.full = Full(*space);
   }
   return s;
 }

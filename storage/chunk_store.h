@@ -136,11 +136,13 @@ struct ChunkStoreStats {
   // The volume of the data dir (statvfs), at the time of the call.
   uint64_t capacity_bytes = 0;
   uint64_t free_bytes = 0;  // as statvfs reports it (a held reserve is not free)
-  // Above the high watermark: new chunks are refused until space comes back
-  // (see ChunkStoreOptions::min_free_bytes). Placement should skip the node.
+  // At the high watermark: a 4 MiB chunk (the clients' size) would be
+  // refused until space comes back (see ChunkStoreOptions::min_free_bytes).
+  // Placement should skip the node.
   bool full = false;
-  uint64_t reserve_bytes = 0;  // bytes the reserve file holds now (0: released)
-  uint64_t lost_chunks = 0;    // ids in LostChunks()
+  uint64_t reserve_bytes = 0;   // bytes the reserve file holds now (0: released)
+  uint64_t min_free_bytes = 0;  // the watermark (ChunkStoreOptions::min_free_bytes)
+  uint64_t lost_chunks = 0;     // ids in LostChunks()
 };
 
 // Progress of a scrub: chunks checked so far out of a total.

@@ -192,6 +192,8 @@ class ChunkStore::Impl {
   // FinishPut().
   absl::Status AdmitPut(uint64_t bytes);
   void FinishPut(uint64_t bytes);
+  // Whether AdmitPut() would refuse a 4 MiB chunk (the clients' size).
+  bool Full(const VolumeSpace& space);
   // Whether compaction may write `bytes` now and leave the databases room
   // (releasing the reserve when that makes the difference).
   bool RoomToCopy(uint64_t bytes);

@@ -17,6 +17,7 @@
 #include "storage/chunk_store.h"
 #include "storage/chunk_store_internal.h"
 #include "storage/file_system.h"
+#include "storage/record.h"
 
 namespace snapback::storage {
 namespace {
@@ -110,6 +111,14 @@ absl::Status ChunkStore::Impl::AdmitPut(uint64_t bytes) {
   }
   pending_put_bytes_ += bytes;
   return absl::OkStatus();
+}
+
+bool ChunkStore::Impl::Full(const VolumeSpace& space) {
+  constexpr uint64_t kClientChunk = 4 * kMiB + kRecordHeaderSize;
+  const uint64_t owed = options_.reserve_bytes - reserve_held_.load();
+  absl::MutexLock lock(&mu_);
+  return space.free_bytes <
+         owed + options_.min_free_bytes + pending_put_bytes_ + AlignUp(kClientChunk);
 }
 
 void ChunkStore::Impl::FinishPut(uint64_t bytes) {
