@@ -409,6 +409,10 @@ ScrubResult ChunkStore::Scrub(const ScrubProgress& progress) {
   return impl_->Scrub(progress);
 }
 
+ScrubResult ChunkStore::ScrubChunks(absl::Span<const ChunkId> ids) {
+  return impl_->ScrubChunks(ids);
+}
+
 std::vector<ChunkId> ChunkStore::LostChunks() { return impl_->LostChunks(); }
 
 absl::Status ChunkStore::ForgetLost(absl::Span<const ChunkId> ids) {

@@ -151,6 +151,7 @@ using ScrubProgress = std::function<void(uint64_t done, uint64_t total)>;
 struct ScrubResult {
   uint64_t checked = 0;
   std::vector<std::pair<ChunkId, absl::Status>> bad;  // chunks that failed
+  std::vector<ChunkId> missing;                       // ScrubChunks(): not stored here
 };
 
 class ChunkStore {
@@ -208,11 +209,16 @@ class ChunkStore {
   // Other errors (I/O) are reported in `bad` but change nothing.
   ScrubResult Scrub(const ScrubProgress& progress = nullptr);
 
+  // Like Scrub() for the named chunks only; ids the store does not have are
+  // listed in `missing`, not in `bad`.
+  ScrubResult ScrubChunks(absl::Span<const ChunkId> ids);
+
   // Ids removed from the index because their bytes were unreadable: a
   // segment missing or truncated at Open(), a record failing its checksum on
-  // Get() or Scrub(). Persisted in the index DB, so they survive restarts,
-  // until ForgetLost(), a Put() that stores the id again, or a Delete() of
-  // it. Sorted. For repair: restore them from another replica, then forget.
+  // Get(), Scrub() or ScrubChunks(). Persisted in the index DB, so they
+  // survive restarts, until ForgetLost() or a Put() that stores the id again
+  // (Delete() leaves them). Sorted. For repair: restore them from another
+  // replica (a Put()), or forget them.
   std::vector<ChunkId> LostChunks();
   // Removes `ids` from LostChunks() (durably); ids not there are ignored.
   absl::Status ForgetLost(absl::Span<const ChunkId> ids);

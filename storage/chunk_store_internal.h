@@ -85,6 +85,7 @@ class ChunkStore::Impl {
   ChunkStoreStats Stats();
   absl::StatusOr<int> CompactNow();
   ScrubResult Scrub(const ScrubProgress& progress);
+  ScrubResult ScrubChunks(absl::Span<const ChunkId> ids);
   const std::string& dir() const { return dir_; }
   absl::Status CheckConsistency();
   std::vector<ChunkId> LostChunks();
@@ -166,6 +167,9 @@ class ChunkStore::Impl {
   absl::StatusOr<EncodedChunk> ReadRecord(const IndexEntry& e);
   // The open file of segment `id`; nullptr once it is compacted away.
   std::shared_ptr<File> SegmentFile(uint64_t id);
+  // Scrub of one chunk: read (a bad checksum quarantines, in Get()) and
+  // verify fully; a chunk that does not decode to its id is quarantined too.
+  absl::Status ScrubOne(const ChunkId& id, std::string* scratch);
 
   // --- chunk_store.cc
 

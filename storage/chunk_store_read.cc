@@ -172,6 +172,24 @@ absl::StatusOr<std::vector<bool>> ChunkStore::Impl::Has(absl::Span<const ChunkId
   return out;
 }
 
+absl::Status ChunkStore::Impl::ScrubOne(const ChunkId& id, std::string* scratch) {
+  // Get() quarantines a record that fails its checksum; a record that
+  // passes it but does not decode to its id is quarantined here.
+  SNAPBACK_ASSIGN_OR_RETURN(IndexEntry e, Lookup(id));
+  auto chunk = Get(id);
+  if (!chunk.ok()) return chunk.status();
+  absl::Status s = VerifyChunk(*chunk, scratch);
+  if (!s.ok()) {
+    absl::Status q =
+        Quarantine({{.id = id, .where = e, .reason = std::string(s.message())}});
+    if (!q.ok()) {
+      SNAPBACK_LOG(Error, "cannot quarantine chunk %s in %s: %s", id.ToHex(), dir_,
+                   q.ToString());
+    }
+  }
+  return s;
+}
+
 ScrubResult ChunkStore::Impl::Scrub(const ScrubProgress& progress) {
   ScrubResult result;
   uint64_t total;
@@ -187,21 +205,7 @@ ScrubResult ChunkStore::Impl::Scrub(const ScrubProgress& progress) {
       result.bad.push_back({ChunkId{}, id.status()});
       continue;
     }
-    // Get() quarantines a record that fails its checksum; a record that
-    // passes it but does not decode to its id is quarantined here.
-    auto chunk = Get(*id);
-    absl::Status s = chunk.ok() ? VerifyChunk(*chunk, &scratch) : chunk.status();
-    if (chunk.ok() && !s.ok()) {
-      auto e = IndexEntry::Decode(View(it->value()));
-      if (e.ok()) {
-        absl::Status q =
-            Quarantine({{.id = *id, .where = *e, .reason = std::string(s.message())}});
-        if (!q.ok()) {
-          SNAPBACK_LOG(Error, "cannot quarantine chunk %s in %s: %s", id->ToHex(), dir_,
-                       q.ToString());
-        }
-      }
-    }
+    absl::Status s = ScrubOne(*id, &scratch);
     if (!s.ok() && !absl::IsNotFound(s)) result.bad.push_back({*id, s});
     ++result.checked;
     if (progress && (result.checked % 64 == 0 || result.checked == total)) {
@@ -210,6 +214,21 @@ ScrubResult ChunkStore::Impl::Scrub(const ScrubProgress& progress) {
   }
   if (!it->status().ok())
     result.bad.push_back({ChunkId{}, FromRocks(it->status(), "scan")});
+  return result;
+}
+
+ScrubResult ChunkStore::Impl::ScrubChunks(absl::Span<const ChunkId> ids) {
+  ScrubResult result;
+  std::string scratch;
+  for (const ChunkId& id : ids) {
+    absl::Status s = ScrubOne(id, &scratch);
+    if (absl::IsNotFound(s)) {
+      result.missing.push_back(id);
+      continue;
+    }
+    ++result.checked;
+    if (!s.ok()) result.bad.push_back({id, s});
+  }
   return result;
 }
 

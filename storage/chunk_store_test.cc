@@ -270,6 +270,12 @@ TEST_P(ChunkStoreTest, ReadsAndScrubQuarantineCorruptionOnDisk) {
   EXPECT_EQ(scrub.bad[0].first, scrubbed.id);
   EXPECT_EQ(scrub.bad[0].second.code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(store->Scrub().bad.empty()) << "quarantined chunks are checked again";
+  ScrubResult named = store->ScrubChunks({good.id, read.id});
+  EXPECT_EQ(named.checked, 1u);
+  EXPECT_TRUE(named.bad.empty());
+  EXPECT_EQ(named.missing, std::vector<ChunkId>{read.id});
+  // A delete leaves the list alone: repair decides what to forget.
+  ASSERT_TRUE(store->Delete({scrubbed.id}).ok());
   std::vector<ChunkId> lost = {read.id, scrubbed.id};
   std::sort(lost.begin(), lost.end());
   EXPECT_EQ(store->LostChunks(), lost);

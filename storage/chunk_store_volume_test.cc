@@ -372,6 +372,28 @@ TEST(ChunkStoreDamage, TruncatedAndMissingSegmentsAreQuarantinedAtOpen) {
   EXPECT_EQ(store->LostChunks().size(), lost.size() - 1);
 }
 
+TEST(ChunkStoreDamage, ScrubQuarantinesAChunkThatDoesNotHashToItsId) {
+  TempDir dir;
+  ChunkStoreOptions o;
+  o.background_compaction = false;
+  o.verify_on_put = false;  // as in the server, which verifies before the store
+  o.reserve_bytes = 0;
+  auto store = *ChunkStore::Open(dir.path(), o);
+  EncodedChunk wrong = MakeChunk(5000, 1);
+  wrong.id.bytes[0] ^= 1;  // stored bytes fine, identity wrong
+  EncodedChunk good = MakeChunk(5000, 2);
+  ASSERT_TRUE(store->Put({wrong, good}).ok());
+  ASSERT_TRUE(store->GetOne(wrong.id).ok()) << "the record's own checksum passes";
+  ScrubResult scrub = store->ScrubChunks({wrong.id, good.id});
+  EXPECT_EQ(scrub.checked, 2u);
+  ASSERT_EQ(scrub.bad.size(), 1u);
+  EXPECT_EQ(scrub.bad[0].first, wrong.id);
+  EXPECT_EQ(store->LostChunks(), std::vector<ChunkId>{wrong.id});
+  EXPECT_EQ(store->GetOne(wrong.id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store->GetOne(good.id).ok());
+  EXPECT_TRUE(store->TEST_CheckConsistency().ok());
+}
+
 TEST(ChunkStoreFootprint, AnIdleStoreHoldsLittleBesidesItsReserve) {
   TempDir dir;
   ChunkStoreOptions o;

@@ -284,8 +284,9 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
   std::vector<std::pair<ChunkId, bool>> ops;  // batch order: (id, is_put)
   std::vector<const Prepared*> buffers;
   // Lost-chunk keys this group sets (a value) or clears (nullopt), last
-  // change in queue order winning; and ids stored, deleted or forgotten
-  // here, whose lost key (if any) goes.
+  // change in queue order winning; and ids stored or forgotten here, whose
+  // lost key (if any) goes. A delete leaves it: the coordinator may delete
+  // a chunk it does not know is lost, and repair decides what to forget.
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   absl::flat_hash_map<ChunkId, std::optional<std::string>> lost_change;
   std::vector<ChunkId> unlost;
@@ -368,10 +369,8 @@ absl::Status ChunkStore::Impl::WriteGroup(const std::vector<Writer*>& group) {
           added.erase(it);
           ops.push_back({id, false});
           ++w->deleted;
-          not_lost(id);
           continue;
         }
-        not_lost(id);  // nothing to repair for a chunk nobody wants
         auto existing = Lookup(id);
         if (absl::IsNotFound(existing.status())) continue;
         if (!existing.ok()) {
