@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "rpc/grpc_status.h"
 
@@ -18,7 +19,8 @@ absl::Status Rpc(const grpc::Status& s, absl::string_view what) {
 Connection::Connection(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : options_(std::move(options)),
       channel_(std::move(channel)),
-      stub_(::snapback::v1::CoordinatorService::NewStub(channel_)) {}
+      stub_(::snapback::v1::CoordinatorService::NewStub(channel_)),
+      cluster_stub_(::snapback::v1::ClusterService::NewStub(channel_)) {}
 
 std::unique_ptr<grpc::ClientContext> Connection::Context() const {
   auto ctx = std::make_unique<grpc::ClientContext>();
@@ -39,6 +41,20 @@ absl::StatusOr<StorageClient*> Connection::Storage(const std::string& endpoint) 
   StorageClient* raw = client.get();
   storage_[ep] = std::move(client);
   return raw;
+}
+
+void Connection::ReportBadReplica(const std::string& endpoint,
+                                  const std::vector<ChunkId>& ids) {
+  ::snapback::v1::ReportBadReplicaRequest req;
+  req.set_address(endpoint);
+  for (const ChunkId& id : ids) req.add_ids(std::string(id.AsBytes()));
+  ::snapback::v1::ReportBadReplicaResponse resp;
+  auto ctx = Context();
+  grpc::Status s = cluster_stub_->ReportBadReplica(ctx.get(), req, &resp);
+  if (!s.ok()) {
+    SNAPBACK_LOG(Warning, "could not report %d bad chunk copies on %s: %s", ids.size(),
+                 endpoint, s.error_message());
+  }
 }
 
 }  // namespace snapback::internal_client

@@ -17,8 +17,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "common/hash.h"
 #include "rpc/storage_client.h"
 #include "snapback/client.h"
+#include "snapback/v1/cluster.grpc.pb.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 
 namespace snapback::internal_client {
@@ -49,10 +51,16 @@ class Connection {
   // StorageClient::Connect when it cannot be made (e.g. a bad TLS CA).
   absl::StatusOr<StorageClient*> Storage(const std::string& endpoint);
 
+  // Tells the coordinator that storage node `endpoint` served bad bytes for
+  // `ids` (it re-verifies and repairs them). Best effort: a failure is only
+  // logged.
+  void ReportBadReplica(const std::string& endpoint, const std::vector<ChunkId>& ids);
+
  private:
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<::snapback::v1::CoordinatorService::Stub> stub_;
+  std::unique_ptr<::snapback::v1::ClusterService::Stub> cluster_stub_;
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<StorageClient>> storage_ ABSL_GUARDED_BY(mu_);
 };

@@ -10,7 +10,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/checkpointer_impl.h"
+#include "client/placed_writer.h"
 #include "common/codec.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
@@ -138,9 +142,11 @@ absl::StatusOr<std::vector<Fetch>> PlanFetches(
 // DATA_LOSS naming the first chunk with no good copy; its bytes (and those
 // of every other such chunk) are left zeroed: no unverified byte is ever
 // left in a result. Waits for every fetch.
-absl::Status FetchAll(Connection* client, const std::vector<std::string>& endpoints,
-                      std::vector<Fetch>& fetches, int threads, int64_t step,
-                      std::vector<XXH128_hash_t>* fast) {
+absl::Status FetchAll(
+    Connection* client,
+    const std::function<std::vector<std::string>(const ChunkId&)>& candidates,
+    std::vector<Fetch>& fetches, int threads, int64_t step,
+    std::vector<XXH128_hash_t>* fast) {
   constexpr size_t kFetchBatch = 8;
   std::atomic<size_t> next{0};
   absl::Mutex err_mu;
@@ -165,47 +171,82 @@ absl::Status FetchAll(Connection* client, const std::vector<std::string>& endpoi
   auto worker = [&] {
     for (size_t begin; (begin = next.fetch_add(kFetchBatch)) < fetches.size();) {
       std::vector<size_t> todo;
+      std::map<size_t, std::vector<std::string>> where;  // candidates per chunk
+      std::map<size_t, size_t> pos;                      // next candidate
       for (size_t i = begin; i < std::min(fetches.size(), begin + kFetchBatch); ++i) {
         todo.push_back(i);
+        where[i] = candidates(fetches[i].id);
       }
       absl::Status last;
-      for (const std::string& ep : endpoints) {
-        if (todo.empty()) break;
-        auto storage = client->Storage(ep);
-        if (!storage.ok()) {
-          last = storage.status();
-          continue;
-        }
-        std::vector<ChunkId> ids;
-        for (size_t i : todo) ids.push_back(fetches[i].id);
-        auto got = (*storage)->GetEach(ids);
-        std::vector<size_t> failed;
-        for (size_t k = 0; k < todo.size(); ++k) {
-          absl::Status s;
-          if (got.ok()) {
-            s = place(todo[k], (*got)[k]);
+      std::vector<size_t> no_copy;
+      std::map<std::string, std::vector<ChunkId>> bad;  // endpoint -> bad copies
+      // A chunk whose every candidate failed while some were unreachable
+      // (UNAVAILABLE: a node restarting, a connection being re-made) goes
+      // round its candidates again, up to kRounds times, 400 ms apart (gRPC
+      // re-dials a lost node at most every second: rpc/channel.cc).
+      constexpr int kRounds = 5;
+      std::map<size_t, int> rounds;
+      std::map<size_t, bool> unreachable;
+      while (!todo.empty()) {
+        std::map<std::string, std::vector<size_t>> groups;
+        bool paused = false;
+        for (size_t i : todo) {
+          if (pos[i] >= where[i].size() && unreachable[i] && ++rounds[i] < kRounds) {
+            if (!paused) absl::SleepFor(absl::Milliseconds(400));
+            paused = true;
+            pos[i] = 0;
+            unreachable[i] = false;
+          }
+          if (pos[i] >= where[i].size()) {
+            no_copy.push_back(i);
           } else {
-            // The node failed the whole call (e.g. one corrupt record ends
-            // the stream): ask for each chunk alone so the good ones still
-            // come from here.
-            auto one = (*storage)->GetEach({fetches[todo[k]].id});
-            s = one.ok() ? place(todo[k], (*one)[0]) : one.status();
-          }
-          if (!s.ok()) {
-            last = s;
-            failed.push_back(todo[k]);
+            groups[where[i][pos[i]++]].push_back(i);
           }
         }
-        todo = std::move(failed);
+        todo.clear();
+        for (auto& [ep, group] : groups) {
+          auto storage = client->Storage(ep);
+          if (!storage.ok()) {
+            last = storage.status();
+            todo.insert(todo.end(), group.begin(), group.end());
+            continue;
+          }
+          std::vector<ChunkId> ids;
+          for (size_t i : group) ids.push_back(fetches[i].id);
+          auto got = (*storage)->GetEach(ids);
+          for (size_t k = 0; k < group.size(); ++k) {
+            const size_t i = group[k];
+            absl::Status s;
+            if (got.ok()) {
+              s = place(i, (*got)[k]);
+            } else {
+              // The node failed the whole call (e.g. one corrupt record ends
+              // the stream): ask for each chunk alone so the good ones still
+              // come from here.
+              auto one = (*storage)->GetEach({fetches[i].id});
+              s = one.ok() ? place(i, (*one)[0]) : one.status();
+            }
+            if (!s.ok()) {
+              last = s;
+              if (absl::IsDataLoss(s) && !ep.empty()) bad[ep].push_back(fetches[i].id);
+              if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s))
+                unreachable[i] = true;
+              todo.push_back(i);
+            }
+          }
+        }
       }
-      if (!todo.empty()) {
+      // A replica that served bad bytes is reported, so it is re-verified
+      // and repaired (cluster only; best effort).
+      for (const auto& [ep, ids] : bad) client->ReportBadReplica(ep, ids);
+      if (!no_copy.empty()) {
         // Never leave unverified bytes behind.
-        for (size_t i : todo) std::memset(fetches[i].dst, 0, fetches[i].length);
+        for (size_t i : no_copy) std::memset(fetches[i].dst, 0, fetches[i].length);
         absl::MutexLock lock(&err_mu);
         if (first_error.ok()) {
           first_error = absl::DataLossError(absl::StrCat(
-              "chunk ", fetches[todo[0]].id.ShortHex(), " (", fetches[todo[0]].key,
-              ") of step ", step, " has no good copy on ", endpoints.size(),
+              "chunk ", fetches[no_copy[0]].id.ShortHex(), " (", fetches[no_copy[0]].key,
+              ") of step ", step, " has no good copy on ", where[no_copy[0]].size(),
               " storage node(s) (last error: ", last.message(),
               "); restore an older step with Restore(step)"));
         }
@@ -271,6 +312,14 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreImpl(
   std::vector<std::string> endpoints(resp.storage_endpoints().begin(),
                                      resp.storage_endpoints().end());
   if (endpoints.empty()) endpoints.push_back("");
+  // A cluster: each chunk's candidates by placement (the replication only
+  // orders the likely holders first; every node is tried before giving up).
+  const ClusterView view = ClusterView::From(resp.nodes(), 2);
+  const char* domain_env = std::getenv("SNAPBACK_FAILURE_DOMAIN");
+  const std::string my_domain = domain_env != nullptr ? domain_env : "";
+  auto candidates = [&](const ChunkId& id) {
+    return view.empty() ? endpoints : ReadCandidates(view, id, my_domain);
+  };
 
   RestoreResult result;
   result.step = *step;
@@ -278,7 +327,7 @@ absl::StatusOr<RestoreResult> CheckpointerImpl::RestoreImpl(
   SNAPBACK_ASSIGN_OR_RETURN(std::vector<Fetch> fetches,
                             PlanFetches(resp, targets, *step, &result));
   std::vector<XXH128_hash_t> fast;
-  SNAPBACK_RETURN_IF_ERROR(FetchAll(client_.get(), endpoints, fetches,
+  SNAPBACK_RETURN_IF_ERROR(FetchAll(client_.get(), candidates, fetches,
                                     options_.restore_threads, *step, &fast));
 
   // The restored state is the base of the next incremental save.

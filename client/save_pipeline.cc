@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/time/clock.h"
+#include "client/placed_writer.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
 
@@ -26,8 +28,10 @@ constexpr int kBatchChunks = 16;
 // waits for every one of them (on every way out of Drive()).
 class UploadQueue {
  public:
-  UploadQueue(StorageClient* storage, ThreadPool* pool, int streams, uint64_t budget)
-      : storage_(storage), pool_(pool), streams_(streams), budget_(budget) {}
+  // `put` stores one batch durably (on one node, or placed on a cluster).
+  using PutFn = std::function<absl::Status(const std::vector<EncodedChunk>&)>;
+  UploadQueue(PutFn put, ThreadPool* pool, int streams, uint64_t budget)
+      : put_(std::move(put)), pool_(pool), streams_(streams), budget_(budget) {}
   UploadQueue(const UploadQueue&) = delete;
   UploadQueue& operator=(const UploadQueue&) = delete;
   ~UploadQueue() { (void)WaitDurable(); }
@@ -49,10 +53,10 @@ class UploadQueue {
     ++outstanding_;
     in_flight_ += bytes;
     pool_->Schedule([this, encoded, bytes] {
-      auto put = storage_->Put(*encoded);
+      absl::Status put = put_(*encoded);
       encoded->clear();
       absl::MutexLock l(&mu_);
-      if (!put.ok() && status_.ok()) status_ = put.status();
+      if (!put.ok() && status_.ok()) status_ = put;
       --outstanding_;
       in_flight_ -= bytes;
     });
@@ -69,7 +73,7 @@ class UploadQueue {
   }
 
  private:
-  StorageClient* const storage_;
+  const PutFn put_;
   ThreadPool* const pool_;
   const int streams_;
   const uint64_t budget_;
@@ -165,10 +169,23 @@ void SavePipeline::SnapshotInBackground(std::shared_ptr<SaveJob> job) {
 
 absl::Status SavePipeline::Drive(SaveJob* job) {
   SaveHandle::State* state = job->state.get();
-  SNAPBACK_ASSIGN_OR_RETURN(StorageClient * storage, BeginCheckpoint(*job));
+  SNAPBACK_ASSIGN_OR_RETURN(Destination where, BeginCheckpoint(*job));
+  UploadQueue::PutFn put;
+  if (where.cluster.empty()) {
+    put = [storage = where.storage](const std::vector<EncodedChunk>& chunks) {
+      return storage->Put(chunks).status();
+    };
+  } else {
+    put = [conn = client_.get(),
+           view = std::move(where.cluster)](const std::vector<EncodedChunk>& chunks) {
+      PutSummary summary;
+      return PlacedPut(conn, view, chunks, &summary);
+    };
+  }
   // Declared before the loop: on every way out, its destructor waits for
   // the uploads it started (after the batch in hand has been released).
-  UploadQueue uploads(storage, &upload_pool_, options_.upload_streams, encoded_budget_);
+  UploadQueue uploads(std::move(put), &upload_pool_, options_.upload_streams,
+                      encoded_budget_);
   absl::flat_hash_set<ChunkId> sent;  // already queued for upload in this save
   DriveCounts counts;
   size_t processed = 0;
@@ -202,10 +219,11 @@ absl::Status SavePipeline::Drive(SaveJob* job) {
   return absl::OkStatus();
 }
 
-// Begin: asks the coordinator where this checkpoint's chunks go and returns
-// a client of that storage node (the first one named; "" = the
-// coordinator's address). Waits on the BeginCheckpoint RPC.
-absl::StatusOr<StorageClient*> SavePipeline::BeginCheckpoint(const SaveJob& job) {
+// Begin: asks the coordinator where this checkpoint's chunks go: a storage
+// cluster's nodes (placement per chunk), or one storage node (the first one
+// named; "" = the coordinator's address). Waits on the BeginCheckpoint RPC.
+absl::StatusOr<SavePipeline::Destination> SavePipeline::BeginCheckpoint(
+    const SaveJob& job) {
   v1::BeginCheckpointRequest begin;
   *begin.mutable_rank() = RankRef();
   begin.set_step(job.step);
@@ -216,9 +234,15 @@ absl::StatusOr<StorageClient*> SavePipeline::BeginCheckpoint(const SaveJob& job)
         Rpc(client_->stub()->BeginCheckpoint(ctx.get(), begin, &where),
             absl::StrCat("begin checkpoint of step ", job.step)));
   }
+  Destination out;
+  if (!where.nodes().empty()) {
+    out.cluster = ClusterView::From(where.nodes(), where.replication());
+    return out;
+  }
   const std::string endpoint =
       where.storage_endpoints().empty() ? "" : where.storage_endpoints(0);
-  return client_->Storage(endpoint);
+  SNAPBACK_ASSIGN_OR_RETURN(out.storage, client_->Storage(endpoint));
+  return out;
 }
 
 // Take: the next batch of up to batch_chunks_ staged chunks (fewer at the

@@ -49,6 +49,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "client/connection.h"
+#include "client/placed_writer.h"
 #include "client/save_job.h"
 #include "client/staging_pool.h"
 #include "common/codec.h"
@@ -125,7 +126,13 @@ class SavePipeline {
   ::snapback::v1::RankRef RankRef() const;
 
   // Drive stages, in order (see the file comment).
-  absl::StatusOr<StorageClient*> BeginCheckpoint(const SaveJob& job);
+  // Where a checkpoint's chunks go: a cluster (placement per chunk) or one
+  // storage node.
+  struct Destination {
+    ClusterView cluster;  // empty without a cluster
+    StorageClient* storage = nullptr;
+  };
+  absl::StatusOr<Destination> BeginCheckpoint(const SaveJob& job);
   absl::StatusOr<StagedBatch> TakeStagedBatch(SaveJob* job, size_t processed);
   uint64_t HashBatch(SaveJob* job, const StagedBatch& batch);
   absl::StatusOr<::snapback::v1::ClaimChunksResponse> ClaimBatch(

@@ -154,6 +154,9 @@ absl::StatusOr<v1::GetManifestResponse> CoordinatorStore::GetManifest(
   SNAPBACK_RETURN_IF_ERROR(FromRocks(s, "read"));
   out.set_world_size(job.world_size());
   for (const std::string& e : tier_->endpoints()) out.add_storage_endpoints(e);
+  if (tier_->clustered()) {
+    for (v1::NodeInfo& n : tier_->ReadableNodes()) *out.add_nodes() = std::move(n);
+  }
   return out;
 }
 

@@ -8,7 +8,8 @@
 
 namespace snapback::coordinator {
 
-absl::StatusOr<std::vector<bool>> LocalChunkTier::Has(absl::Span<const ChunkId> ids) {
+absl::StatusOr<std::vector<bool>> LocalChunkTier::Has(absl::Span<const ChunkId> ids,
+                                                      int /*copies*/) {
   return store_->Has(ids);
 }
 
@@ -43,7 +44,8 @@ absl::StatusOr<std::unique_ptr<RemoteChunkTier>> RemoteChunkTier::Connect(
       new RemoteChunkTier(endpoints, std::move(clients)));
 }
 
-absl::StatusOr<std::vector<bool>> RemoteChunkTier::Has(absl::Span<const ChunkId> ids) {
+absl::StatusOr<std::vector<bool>> RemoteChunkTier::Has(absl::Span<const ChunkId> ids,
+                                                       int /*copies*/) {
   std::vector<bool> present(ids.size(), false);
   // Replication 1: any node holding the chunk makes it durable.
   for (const auto& client : clients_) {

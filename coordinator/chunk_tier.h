@@ -8,9 +8,10 @@
 //   RemoteChunkTier  storage nodes reached through StorageClient (role
 //                    "coordinator" with --storage-endpoints).
 //
-// Replication is 1 for now: a chunk is durable when at least one node has
-// it, and a delete goes to every node. Placement (rendezvous hashing over
-// live nodes) and R > 1 replace this when node registration exists.
+//   ClusterTier      storage nodes that register with the coordinator:
+//                    placement, R copies, repair (cluster_tier.h).
+//
+// The first two keep one copy: a chunk is durable when one node has it.
 #ifndef SNAPBACK_COORDINATOR_CHUNK_TIER_H_
 #define SNAPBACK_COORDINATOR_CHUNK_TIER_H_
 
@@ -22,18 +23,32 @@
 #include "absl/types/span.h"
 #include "common/hash.h"
 #include "rpc/storage_client.h"
+#include "snapback/v1/cluster.pb.h"
 #include "storage/chunk_store.h"
 
 namespace snapback::coordinator {
+
+// Most copies a job may ask for.
+inline constexpr int kMaxReplication = 5;
 
 // Thread-safe: every implementation may be called from many threads at once.
 class ChunkTier {
  public:
   virtual ~ChunkTier() = default;
 
-  // For each id, whether the tier holds the chunk durably (on at least
-  // replication() nodes). UNAVAILABLE when a node cannot be asked.
-  virtual absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids) = 0;
+  // For each id, whether the tier holds the chunk durably on at least
+  // `copies` nodes (a cluster also records where). UNAVAILABLE when a node
+  // cannot be asked.
+  virtual absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,
+                                                int copies) = 0;
+
+  // Like Has(), for a commit: a chunk that has fewer than `copies` copies
+  // but at least one may be copied node to node first (a cluster re-places
+  // copies lost since the upload). Default: Has().
+  virtual absl::StatusOr<std::vector<bool>> EnsureCopies(absl::Span<const ChunkId> ids,
+                                                         int copies) {
+    return Has(ids, copies);
+  }
 
   // Deletes the chunks from every node (absent ids are ignored, so a retry
   // after a partial failure is harmless). Returns how many (node, chunk)
@@ -44,8 +59,18 @@ class ChunkTier {
   // means "the coordinator's own address" (embedded).
   virtual std::vector<std::string> endpoints() const = 0;
 
-  // Copies every chunk must have. 1 for now.
+  // Copies every chunk must have without a cluster (1).
   virtual int replication() const = 0;
+  // True for ClusterTier (cluster_tier.h): nodes register, placement and
+  // replication per checkpoint.
+  virtual bool clustered() const { return false; }
+  // Copies a new checkpoint gets when its job does not say.
+  virtual int DefaultReplication() { return replication(); }
+  // A cluster's nodes: where new chunks may go (UP, not full), and every
+  // node not REMOVED (where chunks may be read); empty without a cluster.
+  virtual std::vector<v1::NodeInfo> WritableNodes() { return {}; }
+  virtual std::vector<v1::NodeInfo> ReadableNodes() { return {}; }
+  virtual uint64_t MapVersion() { return 0; }
 };
 
 // The ChunkStore of this process. `store` is not owned and must outlive the
@@ -53,7 +78,8 @@ class ChunkTier {
 class LocalChunkTier final : public ChunkTier {
  public:
   explicit LocalChunkTier(storage::ChunkStore* store) : store_(store) {}
-  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids) override;
+  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,
+                                        int copies) override;
   absl::StatusOr<uint64_t> Delete(absl::Span<const ChunkId> ids) override;
   std::vector<std::string> endpoints() const override { return {}; }
   int replication() const override { return 1; }
@@ -73,7 +99,8 @@ class RemoteChunkTier final : public ChunkTier {
       const std::vector<std::string>& endpoints,
       const internal_client::StorageClientOptions& options);
 
-  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids) override;
+  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,
+                                        int copies) override;
   absl::StatusOr<uint64_t> Delete(absl::Span<const ChunkId> ids) override;
   std::vector<std::string> endpoints() const override { return endpoints_; }
   int replication() const override { return 1; }

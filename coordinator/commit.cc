@@ -42,6 +42,27 @@ using v1::JobInfo;
 using v1::RankManifest;
 using v1::TensorEntry;
 
+absl::StatusOr<int> CoordinatorStore::ReplicationFor(const JobInfo& job) {
+  if (!tier_->clustered()) return tier_->replication();
+  const int writable = static_cast<int>(tier_->WritableNodes().size());
+  const int want =
+      job.replication() > 0 ? job.replication() : tier_->DefaultReplication();
+  if (writable == 0) {
+    return absl::UnavailableError(
+        "no storage node can take chunks (none is UP with free space); start storage "
+        "nodes with `snapback-server --role storage --coordinator HOST:PORT` or free "
+        "space on them, then retry");
+  }
+  if (want > writable) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job.job_id(), " wants ", want, " copies of every chunk but only ",
+        writable,
+        " storage node(s) can take chunks; add nodes or register the job with "
+        "a smaller replication"));
+  }
+  return want;
+}
+
 absl::StatusOr<v1::BeginCheckpointResponse> CoordinatorStore::BeginCheckpoint(
     const v1::BeginCheckpointRequest& req) {
   SNAPBACK_RETURN_IF_ERROR(ValidRankRef(req.rank()));
@@ -79,6 +100,8 @@ absl::StatusOr<v1::BeginCheckpointResponse> CoordinatorStore::BeginCheckpoint(
       ckpt->set_state(v1::WRITING);
       ckpt->set_incarnation(ref.incarnation());
       ckpt->set_created_unix_ms(now);
+      SNAPBACK_ASSIGN_OR_RETURN(const int copies, ReplicationFor(job));
+      ckpt->set_replication(copies);
     }
     ckpt->set_last_activity_unix_ms(now);
     Txn txn(this);
@@ -87,7 +110,11 @@ absl::StatusOr<v1::BeginCheckpointResponse> CoordinatorStore::BeginCheckpoint(
   }
   v1::BeginCheckpointResponse out;
   for (const std::string& e : tier_->endpoints()) out.add_storage_endpoints(e);
-  out.set_replication(tier_->replication());
+  out.set_replication(std::max(1, ckpt->replication()));
+  if (tier_->clustered()) {
+    for (v1::NodeInfo& n : tier_->WritableNodes()) *out.add_nodes() = std::move(n);
+    out.set_node_map_version(tier_->MapVersion());
+  }
   return out;
 }
 
@@ -112,6 +139,7 @@ absl::StatusOr<v1::ClaimChunksResponse> CoordinatorStore::ClaimChunks(
     ids.push_back(*id);
   }
   const v1::RankRef& ref = req.rank();
+  int copies = 1;
   {
     absl::MutexLock lock(&mu_);
     SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadFencedJob(ref));
@@ -152,8 +180,9 @@ absl::StatusOr<v1::ClaimChunksResponse> CoordinatorStore::ClaimChunks(
       txn.batch.Put(CheckpointKey(ref.job_id(), req.step()), ckpt->SerializeAsString());
     }
     SNAPBACK_RETURN_IF_ERROR(txn.Write());
+    copies = std::max(1, ckpt->replication());
   }
-  SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present, tier_->Has(ids));
+  SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present, tier_->Has(ids, copies));
   v1::ClaimChunksResponse out;
   for (bool p : present) out.add_present(p);
   return out;
@@ -221,6 +250,7 @@ absl::StatusOr<v1::CommitRankResponse> CoordinatorStore::CommitRank(
   std::optional<uint64_t> confirmed;  // gc_generation_ before the last check
   for (int attempt = 0;; ++attempt) {
     uint64_t generation;
+    int copies = 1;
     {
       absl::MutexLock lock(&mu_);
       JobInfo job;
@@ -235,22 +265,24 @@ absl::StatusOr<v1::CommitRankResponse> CoordinatorStore::CommitRank(
       // GC deleted chunks since the tier was asked (or it was not asked yet).
       if (attempt == kCommitAttempts) break;
       generation = gc_generation_;
+      copies = std::max(1, ckpt.replication());
     }
     // The tier is asked without the lock (it may be remote). GC may delete
     // chunks meanwhile only if they are unclaimed; the generation check
     // of the next pass notices that and asks again.
-    SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present, tier_->Has(ids));
+    SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present,
+                              tier_->EnsureCopies(ids, copies));
     std::vector<ChunkId> missing;
     for (size_t i = 0; i < ids.size(); ++i) {
       if (!present[i]) missing.push_back(ids[i]);
     }
     if (!missing.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(missing.size(), " of the ", ids.size(), " chunks named by rank ",
-                       req.rank().rank(), "'s manifest for ",
-                       CheckpointName(req.rank().job_id(), req.step()),
-                       " are not durable on the storage tier: ", ListIds(missing),
-                       "; upload them first, then commit again"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          missing.size(), " of the ", ids.size(), " chunks named by rank ",
+          req.rank().rank(), "'s manifest for ",
+          CheckpointName(req.rank().job_id(), req.step()), " are not durable on ", copies,
+          " storage node(s): ", ListIds(missing),
+          "; upload them first, then commit again"));
     }
     confirmed = generation;
   }

@@ -224,7 +224,7 @@ absl::StatusOr<ConsistencyReport> CoordinatorStore::CheckConsistency(bool check_
   if (check_tier && !refs.empty()) {
     std::vector<ChunkId> ids;
     for (const auto& [id, n] : refs) ids.push_back(id);
-    SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present, tier_->Has(ids));
+    SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> present, tier_->Has(ids, 1));
     std::vector<ChunkId> missing;
     for (size_t i = 0; i < ids.size(); ++i) {
       if (!present[i]) missing.push_back(ids[i]);

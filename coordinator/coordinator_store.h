@@ -78,6 +78,7 @@
 #include "common/clock.h"
 #include "common/hash.h"
 #include "coordinator/chunk_tier.h"
+#include "coordinator/cluster_tier.h"
 #include "coordinator/options.h"
 #include "snapback/v1/coordinator.pb.h"
 #include "snapback/v1/detector.pb.h"
@@ -102,7 +103,7 @@ struct ConsistencyReport {
   uint64_t claims = 0;
 };
 
-class CoordinatorStore {
+class CoordinatorStore final : public CatalogView {
  public:
   // Opens (creating if needed) the metadata database in `dir` (the server
   // uses DATA_DIR/meta). `tier` is not owned and must outlive the store.
@@ -157,6 +158,12 @@ class CoordinatorStore {
   // retried by the next call.
   absl::StatusOr<v1::CollectGarbageResponse> CollectGarbage();
 
+  // CatalogView (catalog.cc), for the cluster tier's repair and
+  // reconciliation.
+  absl::Status ForEachCommittedChunk(
+      const std::function<bool(const ChunkId&, uint32_t, int)>& fn) override;
+  absl::StatusOr<std::vector<bool>> Wanted(absl::Span<const ChunkId> ids) override;
+
   // Full scan of the metadata, checking every invariant: each COMMITTED
   // checkpoint has all world_size manifests and no claims; each WRITING one
   // has exactly ranks_committed manifests; ABORTED ones have none; every
@@ -197,6 +204,9 @@ class CoordinatorStore {
   // The job of a rank's call, checked the way every rank call starts: the
   // job exists (NOT_FOUND), the rank is in range (INVALID_ARGUMENT), and the
   // incarnation is fenced (Fence).
+  // Copies a new checkpoint of `job` gets (the job's, or the tier's
+  // default); an error when the tier cannot hold that many.
+  absl::StatusOr<int> ReplicationFor(const v1::JobInfo& job);
   absl::StatusOr<v1::JobInfo> LoadFencedJob(const v1::RankRef& ref)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

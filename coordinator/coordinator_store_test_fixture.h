@@ -51,8 +51,9 @@ absl::Status StatusOf(const absl::StatusOr<T>& s) {
 class HookedTier final : public ChunkTier {
  public:
   explicit HookedTier(storage::ChunkStore* store) : local_(store) {}
-  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids) override {
-    auto result = local_.Has(ids);
+  absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,
+                                        int copies) override {
+    auto result = local_.Has(ids, copies);
     // After the answer is computed and before the caller acts on it.
     if (on_has) {
       auto hook = std::move(on_has);

@@ -26,6 +26,11 @@ absl::StatusOr<v1::RegisterJobResponse> CoordinatorStore::RegisterJob(
     const v1::RegisterJobRequest& req) {
   SNAPBACK_RETURN_IF_ERROR(ValidJobId(req.job_id()));
   SNAPBACK_RETURN_IF_ERROR(ValidWorldSize(req.world_size()));
+  if (req.replication() < 0 || req.replication() > kMaxReplication) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replication ", req.replication(), " is out of range; use 1..",
+                     kMaxReplication, ", or 0 for the default (min(2, storage nodes))"));
+  }
   absl::MutexLock lock(&mu_);
   v1::RegisterJobResponse out;
   absl::StatusOr<JobInfo> existing = LoadJob(req.job_id());
@@ -67,6 +72,7 @@ absl::StatusOr<v1::RegisterJobResponse> CoordinatorStore::RegisterJob(
   job.set_latest_committed(-1);
   job.set_scheduler(req.scheduler());
   job.set_scheduler_job_id(req.scheduler_job_id());
+  job.set_replication(req.replication());
   Txn txn(this);
   txn.batch.Put(JobKey(job.job_id()), job.SerializeAsString());
   SNAPBACK_RETURN_IF_ERROR(txn.Write());

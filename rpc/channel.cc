@@ -66,6 +66,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_receive_bytes);
   args.SetMaxSendMessageSize(options.max_send_bytes);
+  // A server that restarts (a storage node back after a crash, a restarted
+  // coordinator) is reachable again within a second: gRPC's default
+  // reconnect backoff grows to 2 minutes, during which every call on the
+  // channel fails at once.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   if (options.tls_root_ca_file.empty()) {
     credentials = grpc::InsecureChannelCredentials();
   } else {

@@ -65,13 +65,29 @@ absl::StatusOr<PutSummary> StorageClient::Put(absl::Span<const EncodedChunk> chu
   PutSummary summary;
   const size_t batch = static_cast<size_t>(options_.max_batch_chunks);
   for (size_t begin = 0; begin < chunks.size(); begin += batch) {
-    SNAPBACK_RETURN_IF_ERROR(PutStream(chunks.subspan(begin, batch), &summary));
+    SNAPBACK_RETURN_IF_ERROR(
+        PutStream(chunks.subspan(begin, batch), &summary, nullptr, begin));
+  }
+  return summary;
+}
+
+absl::StatusOr<PutSummary> StorageClient::Put(absl::Span<const EncodedChunk> chunks,
+                                              const ForwardPlan& plan) {
+  if (plan.forward.size() != chunks.size()) {
+    return absl::InvalidArgumentError("ForwardPlan needs one forward list per chunk");
+  }
+  PutSummary summary;
+  const size_t batch = static_cast<size_t>(options_.max_batch_chunks);
+  for (size_t begin = 0; begin < chunks.size(); begin += batch) {
+    SNAPBACK_RETURN_IF_ERROR(
+        PutStream(chunks.subspan(begin, batch), &summary, &plan, begin));
   }
   return summary;
 }
 
 absl::Status StorageClient::PutStream(absl::Span<const EncodedChunk> chunks,
-                                      PutSummary* summary) {
+                                      PutSummary* summary, const ForwardPlan* plan,
+                                      size_t first) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.deadline));
   PutChunksResponse response;
@@ -80,12 +96,23 @@ absl::Status StorageClient::PutStream(absl::Span<const EncodedChunk> chunks,
   PutChunksRequest frame;
   uint64_t sent = 0;
   bool broken = false;
-  for (const EncodedChunk& chunk : chunks) {
+  bool first_frame = true;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const EncodedChunk& chunk = chunks[c];
     const size_t total = chunk.data.size();
     size_t offset = 0;
     do {
       frame.Clear();
+      if (first_frame && plan != nullptr) {
+        for (const std::string& peer : plan->peers) frame.add_peers(peer);
+      }
+      first_frame = false;
       if (offset == 0) {
+        if (plan != nullptr && plan->copies > 0) {
+          snapback::v1::ChunkHeader* header = frame.mutable_header();
+          for (uint32_t f : plan->forward[first + c]) header->add_forward(f);
+          header->set_copies(plan->copies);
+        }
         snapback::v1::ChunkHeader* header = frame.mutable_header();
         header->set_id(std::string(chunk.id.AsBytes()));
         header->set_codec(static_cast<uint32_t>(chunk.codec));
@@ -115,6 +142,8 @@ absl::Status StorageClient::PutStream(absl::Span<const EncodedChunk> chunks,
   summary->already_present += static_cast<int>(response.already_present());
   summary->bytes_sent += sent;
   summary->bytes_written += response.bytes_written();
+  summary->bytes_forwarded += response.bytes_forwarded();
+  summary->forward_failovers += static_cast<int>(response.forward_failovers());
   return absl::OkStatus();
 }
 
@@ -302,6 +331,92 @@ absl::StatusOr<snapback::v1::StatResponse> StorageClient::Stat() {
     return Annotate(FromGrpcStatus(status), absl::StrCat("Stat on ", endpoint_));
   }
   return response;
+}
+
+namespace {
+
+// One unary call with a deadline, annotated with the endpoint on error.
+template <typename Req, typename Resp, typename Method>
+absl::StatusOr<Resp> Unary(snapback::v1::StorageService::Stub* stub, Method method,
+                           const Req& request, absl::Duration deadline,
+                           const std::string& what) {
+  Resp response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  grpc::Status status = (stub->*method)(&ctx, request, &response);
+  if (!status.ok()) return Annotate(FromGrpcStatus(status), what);
+  return response;
+}
+
+}  // namespace
+
+absl::StatusOr<snapback::v1::ReplicateChunksResponse> StorageClient::Replicate(
+    absl::Span<const ChunkId> ids, const std::vector<std::string>& sources) {
+  snapback::v1::ReplicateChunksRequest request;
+  for (const ChunkId& id : ids) request.add_ids(std::string(id.AsBytes()));
+  for (const std::string& s : sources) request.add_sources(s);
+  return Unary<snapback::v1::ReplicateChunksRequest,
+               snapback::v1::ReplicateChunksResponse>(
+      stub_.get(), &snapback::v1::StorageService::Stub::ReplicateChunks, request,
+      options_.deadline * 4, absl::StrCat("ReplicateChunks on ", endpoint_));
+}
+
+absl::StatusOr<snapback::v1::ListChunksResponse> StorageClient::List(
+    const std::string& start_after, uint32_t limit) {
+  snapback::v1::ListChunksRequest request;
+  request.set_start_after(start_after);
+  request.set_limit(limit);
+  return Unary<snapback::v1::ListChunksRequest, snapback::v1::ListChunksResponse>(
+      stub_.get(), &snapback::v1::StorageService::Stub::ListChunks, request,
+      options_.deadline, absl::StrCat("ListChunks on ", endpoint_));
+}
+
+absl::StatusOr<snapback::v1::VerifyChunksResponse> StorageClient::Verify(
+    absl::Span<const ChunkId> ids, absl::Duration deadline) {
+  snapback::v1::VerifyChunksRequest request;
+  for (const ChunkId& id : ids) request.add_ids(std::string(id.AsBytes()));
+  return Unary<snapback::v1::VerifyChunksRequest, snapback::v1::VerifyChunksResponse>(
+      stub_.get(), &snapback::v1::StorageService::Stub::VerifyChunks, request, deadline,
+      absl::StrCat("VerifyChunks on ", endpoint_));
+}
+
+absl::Status StorageClient::PutCatalog(const std::string& key, const std::string& value) {
+  snapback::v1::PutCatalogRequest request;
+  request.set_key(key);
+  request.set_value(value);
+  return Unary<snapback::v1::PutCatalogRequest, snapback::v1::PutCatalogResponse>(
+             stub_.get(), &snapback::v1::StorageService::Stub::PutCatalog, request,
+             options_.deadline, absl::StrCat("PutCatalog on ", endpoint_))
+      .status();
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+StorageClient::ListCatalog(const std::string& prefix) {
+  std::vector<std::pair<std::string, std::string>> out;
+  snapback::v1::ListCatalogRequest request;
+  request.set_prefix(prefix);
+  for (;;) {
+    SNAPBACK_ASSIGN_OR_RETURN(
+        snapback::v1::ListCatalogResponse page,
+        (Unary<snapback::v1::ListCatalogRequest, snapback::v1::ListCatalogResponse>(
+            stub_.get(), &snapback::v1::StorageService::Stub::ListCatalog, request,
+            options_.deadline, absl::StrCat("ListCatalog on ", endpoint_))));
+    for (auto& e : *page.mutable_entries()) {
+      out.emplace_back(std::move(*e.mutable_key()), std::move(*e.mutable_value()));
+    }
+    if (page.done() || page.entries_size() == 0) break;
+    request.set_start_after(out.back().first);
+  }
+  return out;
+}
+
+absl::Status StorageClient::DeleteCatalog(const std::vector<std::string>& keys) {
+  snapback::v1::DeleteCatalogRequest request;
+  for (const std::string& k : keys) request.add_keys(k);
+  return Unary<snapback::v1::DeleteCatalogRequest, snapback::v1::DeleteCatalogResponse>(
+             stub_.get(), &snapback::v1::StorageService::Stub::DeleteCatalog, request,
+             options_.deadline, absl::StrCat("DeleteCatalog on ", endpoint_))
+      .status();
 }
 
 }  // namespace snapback::internal_client

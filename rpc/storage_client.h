@@ -60,12 +60,24 @@ struct StorageClientOptions {
   bool verify_reads = true;
 };
 
+// Further copies a first replica makes of the chunks it receives (the
+// cluster's write path: the client sends each byte once). `forward[i]` lists
+// indexes into `peers` for chunk i, in order of preference; the node stores
+// the chunk and forwards it to the first `copies` of them that succeed.
+struct ForwardPlan {
+  std::vector<std::string> peers;
+  std::vector<std::vector<uint32_t>> forward;  // one per chunk
+  uint32_t copies = 0;
+};
+
 // What one Put() did, summed over its streams.
 struct PutSummary {
-  int stored = 0;              // chunks newly written by the node
-  int already_present = 0;     // chunks the node already had
-  uint64_t bytes_sent = 0;     // encoded bytes sent
-  uint64_t bytes_written = 0;  // bytes the node appended to its segments
+  int stored = 0;                // chunks newly written by the node
+  int already_present = 0;       // chunks the node already had
+  uint64_t bytes_sent = 0;       // encoded bytes sent
+  uint64_t bytes_written = 0;    // bytes the node appended to its segments
+  uint64_t bytes_forwarded = 0;  // encoded bytes the node sent to peers
+  int forward_failovers = 0;     // forwards re-placed on the next peer
 };
 
 class StorageClient {
@@ -81,6 +93,11 @@ class StorageClient {
   // every chunk is durable on the node. On error, some chunks may already be
   // stored (a stream is not atomic; see storage.proto): ask Has().
   absl::StatusOr<PutSummary> Put(absl::Span<const EncodedChunk> chunks);
+  // The same, and the node forwards each chunk to `plan.copies` peers (see
+  // ForwardPlan); OK only when every copy is durable. plan.forward has one
+  // entry per chunk.
+  absl::StatusOr<PutSummary> Put(absl::Span<const EncodedChunk> chunks,
+                                 const ForwardPlan& plan);
 
   // Reads chunks in `ids` order (duplicates allowed). NOT_FOUND naming the
   // missing ids when the node lacks any of them; DATA_LOSS when a chunk fails
@@ -105,6 +122,22 @@ class StorageClient {
   // The node's store statistics.
   absl::StatusOr<snapback::v1::StatResponse> Stat();
 
+  // Cluster calls (storage.proto): the node copies `ids` from the first of
+  // `sources` that has good bytes; lists the ids it holds after
+  // `start_after`; re-verifies `ids` (all when empty) within `deadline`.
+  absl::StatusOr<snapback::v1::ReplicateChunksResponse> Replicate(
+      absl::Span<const ChunkId> ids, const std::vector<std::string>& sources);
+  absl::StatusOr<snapback::v1::ListChunksResponse> List(const std::string& start_after,
+                                                        uint32_t limit);
+  absl::StatusOr<snapback::v1::VerifyChunksResponse> Verify(absl::Span<const ChunkId> ids,
+                                                            absl::Duration deadline);
+  absl::Status PutCatalog(const std::string& key, const std::string& value);
+  // Every entry whose key starts with `prefix`.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ListCatalog(
+      const std::string& prefix);
+  absl::Status DeleteCatalog(const std::vector<std::string>& keys);
+  const std::string& endpoint() const { return endpoint_; }
+
   // The raw stub, for tests that need to send malformed frames.
   snapback::v1::StorageService::Stub* stub() { return stub_.get(); }
   const StorageClientOptions& options() const { return options_; }
@@ -116,7 +149,8 @@ class StorageClient {
         options_(std::move(options)),
         stub_(std::move(stub)) {}
 
-  absl::Status PutStream(absl::Span<const EncodedChunk> chunks, PutSummary* summary);
+  absl::Status PutStream(absl::Span<const EncodedChunk> chunks, PutSummary* summary,
+                         const ForwardPlan* plan, size_t first);
   absl::Status GetStream(absl::Span<const ChunkId> ids,
                          std::vector<absl::StatusOr<EncodedChunk>>* out);
 

@@ -37,6 +37,29 @@ ABSL_FLAG(std::string, role, "",
           "storage, coordinator, or empty for both in one process");
 ABSL_FLAG(std::string, storage_endpoints, "",
           "coordinator role: the storage nodes, HOST:PORT,...");
+ABSL_FLAG(std::string, coordinator, "",
+          "storage role: join this coordinator's cluster (HOST:PORT): register, "
+          "heartbeat, forward chunks to peers, copy chunks for repair");
+ABSL_FLAG(std::string, advertise, "",
+          "storage role: the HOST:PORT clients and peers reach this node at (default: "
+          "the bound --listen address)");
+ABSL_FLAG(std::string, failure_domain, "",
+          "storage role: failure domain label (rack, host, zone); replicas go to "
+          "distinct domains");
+ABSL_FLAG(absl::Duration, node_heartbeat, absl::Seconds(1),
+          "storage role with --coordinator: heartbeat interval");
+ABSL_FLAG(absl::Duration, scrub_interval, absl::Hours(24),
+          "storage role with --coordinator: re-read and verify every chunk this often "
+          "(0 = only on demand)");
+ABSL_FLAG(uint64_t, scrub_mb_per_sec, 64, "storage role: background scrub pace, MiB/s");
+ABSL_FLAG(uint64_t, repair_mb_per_sec, 128,
+          "storage role: MiB/s this node copies for repair; coordinator: MiB/s of "
+          "repair asked of the whole cluster (x2)");
+ABSL_FLAG(absl::Duration, node_suspect_after, absl::Seconds(3),
+          "coordinator: a storage node silent this long is SUSPECT (no new chunks)");
+ABSL_FLAG(absl::Duration, node_down_after, absl::Seconds(15),
+          "coordinator: a storage node silent this long is DOWN (its copies are "
+          "re-replicated)");
 ABSL_FLAG(std::string, tls_cert, "",
           "serve TLS with this PEM certificate chain (with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "the PEM key of --tls-cert");
@@ -174,7 +197,8 @@ Flags ParseFlags(int argc, char** argv) {
         std::tuple{"reserve-mb", &FLAGS_reserve_mb, &o.store.reserve_bytes}}) {
     const uint64_t v = absl::GetFlag(*flag);
     if (v > (1u << 30)) {
-      BadFlag(absl::StrCat("--", name, " '", v, "' must be a size in MiB, 0..", 1u << 30));
+      BadFlag(
+          absl::StrCat("--", name, " '", v, "' must be a size in MiB, 0..", 1u << 30));
     }
     *target = v << 20;
   }
@@ -224,8 +248,22 @@ Flags ParseFlags(int argc, char** argv) {
         "--data-dir is required: the directory where this server keeps chunks and/or "
         "checkpoint metadata");
   }
-  if (o.role == "coordinator" && o.storage_endpoints.empty()) {
-    BadFlag("--role=coordinator needs --storage-endpoints HOST:PORT[,...]");
+  o.node.coordinator = absl::GetFlag(FLAGS_coordinator);
+  o.node.advertise = absl::GetFlag(FLAGS_advertise);
+  o.node.failure_domain = absl::GetFlag(FLAGS_failure_domain);
+  o.node.heartbeat_interval = DurationFlag("node-heartbeat", FLAGS_node_heartbeat, false);
+  o.node.scrub_interval = DurationFlag("scrub-interval", FLAGS_scrub_interval, true);
+  o.node.scrub_bytes_per_sec = absl::GetFlag(FLAGS_scrub_mb_per_sec) << 20;
+  o.node_repair_bytes_per_sec = absl::GetFlag(FLAGS_repair_mb_per_sec) << 20;
+  o.cluster.repair_bytes_per_sec = 2 * o.node_repair_bytes_per_sec;
+  o.cluster.suspect_after =
+      DurationFlag("node-suspect-after", FLAGS_node_suspect_after, false);
+  o.cluster.down_after = DurationFlag("node-down-after", FLAGS_node_down_after, false);
+  if (o.cluster.down_after < o.cluster.suspect_after) {
+    BadFlag("--node-down-after must be at least --node-suspect-after");
+  }
+  if (o.role != "storage" && !o.node.coordinator.empty()) {
+    BadFlag("--coordinator is only for --role=storage");
   }
   if (o.role != "coordinator" && !o.storage_endpoints.empty()) {
     BadFlag("--storage-endpoints is only for --role=coordinator");
@@ -303,9 +341,16 @@ int main(int argc, char** argv) {
     const std::string& role = (*server)->role();
     const std::string where =
         role == "coordinator"
-            ? absl::StrCat("storage ",
-                           absl::StrJoin(flags.options.storage_endpoints, ","))
-            : absl::StrCat("io ", (*server)->io_mode());
+            ? (flags.options.storage_endpoints.empty()
+                   ? std::string("storage cluster (nodes register)")
+                   : absl::StrCat("storage ",
+                                  absl::StrJoin(flags.options.storage_endpoints, ",")))
+            : absl::StrCat(
+                  "io ", (*server)->io_mode(),
+                  (*server)->node_agent() != nullptr
+                      ? absl::StrCat(", node ", (*server)->node_agent()->node_id(),
+                                     " of ", flags.options.node.coordinator)
+                      : "");
     std::printf("snapback-server listening on %s (role %s, data %s, %s)\n",
                 (*server)->address().c_str(),
                 role.empty() ? "storage+coordinator" : role.c_str(),

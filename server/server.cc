@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -24,10 +25,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   const bool run_storage = role != "coordinator";
   const bool run_coordinator = role != "storage";
-  if (role == "coordinator" && options.storage_endpoints.empty()) {
+  if (role != "storage" && !options.node.coordinator.empty()) {
     return absl::InvalidArgumentError(
-        "--role=coordinator needs --storage-endpoints HOST:PORT[,...]: the storage "
-        "nodes that hold the chunks (or omit --role to run both roles in one process)");
+        "--coordinator is for --role=storage (a node joining a coordinator's cluster)");
   }
   if (role != "coordinator" && !options.storage_endpoints.empty()) {
     return absl::InvalidArgumentError(
@@ -59,10 +59,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 
   std::unique_ptr<Server> server(new Server());
   server->role_ = role;
-  if (role == "coordinator") {
+  if (role == "coordinator" && !options.storage_endpoints.empty()) {
     SNAPBACK_ASSIGN_OR_RETURN(
         server->tier_, coordinator::RemoteChunkTier::Connect(options.storage_endpoints,
                                                              options.storage_client));
+  } else if (role == "coordinator") {
+    coordinator::ClusterOptions cluster = options.cluster;
+    cluster.storage_client = options.storage_client;
+    if (cluster.clock == nullptr) cluster.clock = options.coordinator.clock;
+    std::error_code ec;
+    std::filesystem::create_directories(options.data_dir, ec);
+    SNAPBACK_ASSIGN_OR_RETURN(
+        std::unique_ptr<coordinator::ClusterTier> tier,
+        coordinator::ClusterTier::Open(options.data_dir + "/tier", std::move(cluster)));
+    server->cluster_ = tier.get();
+    server->tier_ = std::move(tier);
   } else {
     options.store.verify_on_put = false;  // the service verifies; see ServerOptions
     SNAPBACK_ASSIGN_OR_RETURN(server->store_,
@@ -92,6 +103,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     for (const auto& adapter : options.scheduler_adapters) {
       server->detector_->AddAdapter(adapter);
     }
+    if (server->cluster_ != nullptr) {
+      server->cluster_->SetCatalog(server->coordinator_store_.get());
+      server->cluster_service_ = std::make_unique<ClusterServiceImpl>(
+          server->cluster_, server->coordinator_pool_.get());
+    }
     server->coordinator_service_->SetCommitListener(
         [d = server->detector_.get()](const std::string& job, int64_t step) {
           d->OnCommitted(job, step);
@@ -104,9 +120,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     }
     server->verify_pool_ = std::make_unique<ThreadPool>(verify_threads);
     server->io_pool_ = std::make_unique<ThreadPool>(std::max(1, options.io_threads));
+    ClusterHooks hooks;
+    if (!options.node.coordinator.empty()) {
+      server->peers_ = std::make_unique<Peers>(options.storage_client);
+      SNAPBACK_ASSIGN_OR_RETURN(server->catalog_,
+                                storage::CatalogStore::Open(options.data_dir));
+      server->forward_pool_ = std::make_unique<ThreadPool>(8);
+      hooks.peers = server->peers_.get();
+      hooks.forward_pool = server->forward_pool_.get();
+      hooks.catalog = server->catalog_.get();
+      hooks.repair_bytes_per_sec = options.node_repair_bytes_per_sec;
+      hooks.on_bad = [s = server.get()](const std::vector<ChunkId>& ids) {
+        if (s->node_agent_ != nullptr) s->node_agent_->ReportLost(ids);
+      };
+    }
     server->service_ = std::make_unique<StorageServiceImpl>(
         server->store_.get(), server->verify_pool_.get(), server->io_pool_.get(),
-        options.limits);
+        options.limits, std::move(hooks));
   }
 
   grpc::ServerBuilder builder;
@@ -116,6 +146,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (server->coordinator_service_ != nullptr) {
     builder.RegisterService(server->coordinator_service_.get());
     builder.RegisterService(server->detector_service_.get());
+  }
+  if (server->cluster_service_ != nullptr) {
+    builder.RegisterService(server->cluster_service_.get());
   }
   // gRPC's receive limit is per server, not per service. A storage node
   // lets gRPC refuse oversized frames; with the coordinator on the port the
@@ -144,6 +177,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                     absl::StrContains(host, ':') ? "]" : "", ":", port);
   } else {
     server->address_ = options.listen;
+  }
+  if (server->peers_ != nullptr) {
+    NodeAgentOptions node = options.node;
+    if (node.advertise.empty()) node.advertise = server->address_;
+    node.channel.tls_root_ca_file = options.storage_client.tls_root_ca_file;
+    node.channel.tls_client_cert_file = options.storage_client.tls_client_cert_file;
+    node.channel.tls_client_key_file = options.storage_client.tls_client_key_file;
+    node.channel.tls_server_name = options.storage_client.tls_server_name;
+    SNAPBACK_ASSIGN_OR_RETURN(
+        server->node_agent_,
+        NodeAgent::Start(std::move(node), options.data_dir, server->store_.get(),
+                         server->peers_.get()));
   }
   if (run_coordinator && options.gc_interval > absl::ZeroDuration()) {
     server->gc_thread_ = std::thread(
@@ -183,6 +228,8 @@ void Server::Shutdown(absl::Duration grace) {
   // to the next coordinator), and stop the detector acting on their ends.
   // The detector first: with the heartbeats cut, it would soon declare
   // every job dead and fence and restart them all.
+  if (node_agent_ != nullptr) node_agent_->Stop();
+  if (cluster_ != nullptr) cluster_->Stop();
   if (detector_ != nullptr) detector_->Stop();
   if (detector_service_ != nullptr) detector_service_->BeginShutdown();
   // Calls in flight get up to `grace` to finish; then gRPC is shut down
@@ -192,6 +239,7 @@ void Server::Shutdown(absl::Duration grace) {
   const absl::Time deadline = absl::Now() + grace;
   if (service_ != nullptr) service_->WaitIdle(deadline);
   if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle(deadline);
+  if (cluster_service_ != nullptr) cluster_service_->WaitIdle(deadline);
   if (detector_service_ != nullptr) detector_service_->WaitIdle(deadline);
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));
@@ -200,6 +248,7 @@ void Server::Shutdown(absl::Duration grace) {
   // fsync) before the pools and the stores may go away.
   if (service_ != nullptr) service_->WaitIdle();
   if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle();
+  if (cluster_service_ != nullptr) cluster_service_->WaitIdle();
   if (detector_service_ != nullptr) detector_service_->WaitIdle();
   if (gc_thread_.joinable()) gc_thread_.join();
   shutdown_done_.Notify();

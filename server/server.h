@@ -11,9 +11,15 @@
 //                  coordinator's metadata in DATA_DIR/meta; the coordinator
 //                  checks and deletes chunks in the local store directly.
 //   "storage"      the StorageService only (a storage node).
-//   "coordinator"  the CoordinatorService only, metadata in DATA_DIR/meta;
-//                  chunks live on the storage nodes of storage_endpoints,
-//                  reached through StorageClient.
+//   "coordinator"  the CoordinatorService only, metadata in DATA_DIR/meta.
+//                  Without storage_endpoints: a storage cluster — nodes
+//                  register (ClusterService), chunks are placed by
+//                  rendezvous hashing with R copies and repaired
+//                  (coordinator/cluster_tier.h; its state in DATA_DIR/tier).
+//                  With storage_endpoints: a fixed list of nodes, one copy.
+// A "storage" node with node.coordinator set joins that coordinator's
+// cluster (NodeAgent): it registers, heartbeats, forwards chunks to peers
+// and copies chunks from them for repair.
 // Every role except "storage" also runs CollectGarbage every gc_interval.
 //
 // Transport security: TLS when tls_cert_file/tls_key_file are set, and
@@ -40,9 +46,13 @@
 #include "coordinator/coordinator_store.h"
 #include "failure-detector/detector.h"
 #include "rpc/storage_client.h"
+#include "server/cluster_service.h"
 #include "server/coordinator_service.h"
 #include "server/detector_service.h"
+#include "server/node_agent.h"
+#include "server/peers.h"
 #include "server/storage_service.h"
+#include "storage/catalog.h"
 #include "storage/chunk_store.h"
 
 namespace grpc {
@@ -64,10 +74,20 @@ struct ServerOptions {
   // "storage" or "coordinator" (see the top of this file).
   // Default: ""
   std::string role;
-  // Storage nodes (HOST:PORT) of a "coordinator" role; required there and
-  // refused for the other roles.
-  // Default: {}
+  // A fixed list of storage nodes (HOST:PORT) for a "coordinator" role
+  // (one copy per chunk, no registration); refused for the other roles.
+  // Default: {} (nodes register: a cluster)
   std::vector<std::string> storage_endpoints;
+  // Cluster membership of a "storage" node: coordinator, advertised address
+  // (default: the bound address), failure domain, heartbeat and scrub.
+  // Default: node.coordinator "" (a standalone node)
+  NodeAgentOptions node;
+  // Bytes per second a storage node copies for repair (ReplicateChunks).
+  // Default: 128 MiB/s
+  uint64_t node_repair_bytes_per_sec = 128ull << 20;
+  // The coordinator's cluster tier: heartbeat grace, repair pace.
+  // Default: see coordinator::ClusterOptions
+  coordinator::ClusterOptions cluster;
   // How the coordinator role connects to the storage nodes: TLS root CA,
   // client certificate (mTLS), server name override, per-call deadline.
   // Default: see internal_client::StorageClientOptions (plaintext)
@@ -166,6 +186,8 @@ class Server {
     return coordinator_store_.get();
   }
   detector::Detector* TEST_detector() { return detector_.get(); }
+  coordinator::ClusterTier* TEST_cluster() { return cluster_; }
+  NodeAgent* node_agent() { return node_agent_.get(); }
 
  private:
   Server() = default;
@@ -177,6 +199,12 @@ class Server {
   // store it wraps.
   std::unique_ptr<storage::ChunkStore> store_;
   std::unique_ptr<coordinator::ChunkTier> tier_;
+  coordinator::ClusterTier* cluster_ = nullptr;  // tier_ when it is a cluster
+  std::unique_ptr<Peers> peers_;
+  std::unique_ptr<storage::CatalogStore> catalog_;
+  std::unique_ptr<ThreadPool> forward_pool_;
+  std::unique_ptr<ClusterServiceImpl> cluster_service_;
+  std::unique_ptr<NodeAgent> node_agent_;
   std::unique_ptr<coordinator::CoordinatorStore> coordinator_store_;
   std::unique_ptr<ThreadPool> verify_pool_;
   std::unique_ptr<ThreadPool> io_pool_;

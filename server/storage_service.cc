@@ -14,6 +14,7 @@
 #include "common/hash.h"
 #include "common/status_macros.h"
 #include "rpc/grpc_status.h"
+#include "server/forward.h"
 
 namespace snapback::server {
 namespace {
@@ -137,6 +138,8 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
   // hold a pointer to its chunk while later chunks are appended.
   struct Batch {
     std::deque<EncodedChunk> chunks;
+    std::vector<ForwardSpec> forwards;  // parallel to chunks
+    bool forwarding = false;
     uint64_t bytes = 0;
     int verifying = 0;  // verify tasks still running for these chunks
   };
@@ -169,6 +172,25 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
           "); send a chunk's encoded bytes in slices of at most ",
           c_->limits.max_frame_bytes - kFrameSlackBytes, " bytes"));
     }
+    if (request_.peers_size() > 0) {
+      if (frames_ > 0) {
+        return absl::InvalidArgumentError("peers may only be sent on the first frame");
+      }
+      if (c_->cluster.peers == nullptr || c_->cluster.forward_pool == nullptr) {
+        return absl::InvalidArgumentError(
+            "this storage node is not part of a cluster, so it forwards to no peer; "
+            "send each copy yourself or start the node with --coordinator");
+      }
+      if (request_.peers_size() > 64) {
+        return absl::InvalidArgumentError("more than 64 peers in one stream");
+      }
+      for (const std::string& peer : request_.peers()) {
+        absl::Status ok = c_->cluster.peers->Check(peer);
+        if (!ok.ok()) return ok;
+        peers_.push_back(peer);
+      }
+    }
+    ++frames_;
     std::string* slice = request_.mutable_data();
     bytes_received_ += slice->size();
     buffered_bytes_ += slice->size();
@@ -237,6 +259,23 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
                        h.encoded_length(), " exceeds the chunk limit of ",
                        limits.max_chunk_bytes, " bytes; use smaller chunks"));
     }
+    current_forward_ = ForwardSpec{};
+    if (h.copies() > 0 || h.forward_size() > 0) {
+      if (h.copies() > 4 || h.copies() > static_cast<uint32_t>(h.forward_size())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": copies ", h.copies(), " with ", h.forward_size(),
+            " forward candidates; copies must be 1..4 and at most the candidates"));
+      }
+      for (uint32_t f : h.forward()) {
+        if (f >= peers_.size()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": forward index ", f,
+                                                         " but the stream named ",
+                                                         peers_.size(), " peers"));
+        }
+      }
+      current_forward_.forward.assign(h.forward().begin(), h.forward().end());
+      current_forward_.copies = h.copies();
+    }
     current_ = EncodedChunk{};
     current_.id = *id;
     current_.codec = static_cast<Codec>(h.codec());
@@ -254,6 +293,8 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
     Batch* batch = open_.get();
     batch->chunks.push_back(std::move(current_));
     current_ = EncodedChunk{};
+    if (current_forward_.copies > 0) batch->forwarding = true;
+    batch->forwards.push_back(std::move(current_forward_));
     EncodedChunk* chunk = &batch->chunks.back();
     batch->bytes += chunk->data.size();
     ++batch->verifying;
@@ -284,23 +325,22 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
     in_flight_ = std::move(ready_.front());
     ready_.pop_front();
     put_in_flight_ = true;
-    // in_flight_ is owned by the task until it clears put_in_flight_.
-    Spawn(c_->io_pool, [this] {
+    // in_flight_ is owned by the tasks until they clear put_in_flight_: the
+    // local store and, for a first replica, the forward to peers run at the
+    // same time over the same (read-only) chunks.
+    auto chunks = std::make_shared<std::vector<EncodedChunk>>();
+    chunks->reserve(in_flight_->chunks.size());
+    for (EncodedChunk& chunk : in_flight_->chunks) chunks->push_back(std::move(chunk));
+    parts_ = in_flight_->forwarding ? 2 : 1;
+    Spawn(c_->io_pool, [this, chunks] {
       absl::Status status;
       storage::PutResult result;
       if (stop_.load() || ctx_->IsCancelled()) {
         status = absl::CancelledError("call cancelled");
       } else {
-        std::vector<EncodedChunk> chunks;
-        chunks.reserve(in_flight_->chunks.size());
-        for (EncodedChunk& chunk : in_flight_->chunks) chunks.push_back(std::move(chunk));
-        status = c_->store->Put(chunks, &result);
+        status = c_->store->Put(*chunks, &result);
       }
       absl::MutexLock lock(&mu_);
-      --tasks_;
-      put_in_flight_ = false;
-      buffered_bytes_ -= in_flight_->bytes;
-      in_flight_.reset();
       if (status.ok()) {
         stored_ += result.stored;
         already_present_ += result.already_present;
@@ -308,8 +348,35 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
       } else {
         Fail(Annotate(status, "storing chunks"));
       }
-      Advance();
+      PartDone();
     });
+    if (in_flight_->forwarding) {
+      Spawn(c_->cluster.forward_pool, [this, chunks, peers = peers_] {
+        absl::Status status;
+        ForwardResult result;
+        if (stop_.load() || ctx_->IsCancelled()) {
+          status = absl::CancelledError("call cancelled");
+        } else {
+          status = ForwardChunks(*chunks, in_flight_->forwards, peers, c_->cluster.peers,
+                                 &result);
+        }
+        absl::MutexLock lock(&mu_);
+        bytes_forwarded_ += result.bytes;
+        forward_failovers_ += result.failovers;
+        if (!status.ok()) Fail(Annotate(status, "forwarding chunks to peers"));
+        PartDone();
+      });
+    }
+  }
+
+  // One of the tasks StartPut spawned is done.
+  void PartDone() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    --tasks_;
+    if (--parts_ > 0) return;
+    put_in_flight_ = false;
+    buffered_bytes_ -= in_flight_->bytes;
+    in_flight_.reset();
+    Advance();
   }
 
   // The one place that decides what the call does next.
@@ -336,6 +403,8 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
       response_->set_already_present(already_present_);
       response_->set_bytes_received(bytes_received_);
       response_->set_bytes_written(bytes_written_);
+      response_->set_bytes_forwarded(bytes_forwarded_);
+      response_->set_forward_failovers(forward_failovers_);
       FinishLocked(absl::OkStatus());
     }
   }
@@ -377,6 +446,15 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
   uint32_t already_present_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_received_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_written_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_forwarded_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t forward_failovers_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Cluster write path: the stream's peers and the chunk being assembled's
+  // forward list.
+  int frames_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> peers_ ABSL_GUARDED_BY(mu_);
+  ForwardSpec current_forward_ ABSL_GUARDED_BY(mu_);
+  int parts_ ABSL_GUARDED_BY(mu_) = 0;  // StartPut tasks still running
 };
 
 // ---------------------------------------------------------------------------
@@ -586,8 +664,8 @@ absl::Status ValidateLimits(const StorageLimits& limits) {
 
 StorageServiceImpl::StorageServiceImpl(storage::ChunkStore* store,
                                        ThreadPool* verify_pool, ThreadPool* io_pool,
-                                       StorageLimits limits)
-    : context_{store, verify_pool, io_pool, limits, this} {}
+                                       StorageLimits limits, ClusterHooks cluster)
+    : context_{store, verify_pool, io_pool, limits, this, std::move(cluster)} {}
 
 StorageServiceImpl::~StorageServiceImpl() = default;
 
@@ -637,6 +715,205 @@ grpc::ServerUnaryReactor* StorageServiceImpl::DeleteChunks(
                           response->set_deleted(static_cast<uint32_t>(*deleted));
                           return absl::OkStatus();
                         });
+}
+
+namespace {
+
+// Waits so that the bytes copied by ReplicateChunks on this node stay under
+// `rate` bytes per second overall (0 = unlimited).
+void PaceRepair(uint64_t bytes, uint64_t rate) {
+  if (rate == 0) return;
+  static absl::Mutex mu(absl::kConstInit);
+  static absl::Time next_free = absl::InfinitePast();
+  absl::Time start;
+  {
+    absl::MutexLock lock(&mu);
+    const absl::Time now = absl::Now();
+    start = std::max(now, next_free);
+    next_free =
+        start + absl::Seconds(static_cast<double>(bytes) / static_cast<double>(rate));
+  }
+  const absl::Duration wait = start - absl::Now();
+  if (wait > absl::ZeroDuration()) absl::SleepFor(std::min(wait, absl::Seconds(30)));
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* StorageServiceImpl::ReplicateChunks(
+    grpc::CallbackServerContext* ctx, const snapback::v1::ReplicateChunksRequest* request,
+    snapback::v1::ReplicateChunksResponse* response) {
+  absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
+  if (!ids.ok()) return rpc::FinishNow(ctx, ids.status());
+  const ClusterHooks& cluster = context_.cluster;
+  if (cluster.peers == nullptr || cluster.forward_pool == nullptr) {
+    return rpc::FinishNow(ctx, absl::FailedPreconditionError(
+                                   "this storage node is not part of a cluster; start it "
+                                   "with --coordinator to copy chunks from peers"));
+  }
+  std::vector<std::string> sources(request->sources().begin(), request->sources().end());
+  for (const std::string& src : sources) {
+    absl::Status ok = cluster.peers->Check(src);
+    if (!ok.ok()) return rpc::FinishNow(ctx, ok);
+  }
+  // Blocks on peers: the forward pool, not io_pool.
+  return rpc::RunOnPool(
+      ctx, cluster.forward_pool, &calls_, "ReplicateChunks",
+      [this, response, ids = std::move(*ids),
+       sources = std::move(sources)]() -> absl::Status {
+        const ClusterHooks& cluster = context_.cluster;
+        SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> have, context_.store->Has(ids));
+        std::vector<ChunkId> todo;
+        for (size_t i = 0; i < ids.size(); ++i) {
+          if (have[i]) {
+            response->set_already_present(response->already_present() + 1);
+          } else {
+            todo.push_back(ids[i]);
+          }
+        }
+        for (const std::string& src : sources) {
+          if (todo.empty()) break;
+          absl::StatusOr<internal_client::StorageClient*> client =
+              cluster.peers->Client(src);
+          if (!client.ok()) continue;
+          std::vector<ChunkId> failed;
+          // Small groups, so one bad record costs only its group a retry
+          // elsewhere and pacing stays smooth.
+          for (size_t b = 0; b < todo.size(); b += 8) {
+            absl::Span<const ChunkId> part = absl::MakeConstSpan(todo).subspan(
+                b, std::min<size_t>(8, todo.size() - b));
+            // Verified by the client (decode + SHA-256) before it is stored.
+            absl::StatusOr<std::vector<absl::StatusOr<EncodedChunk>>> got =
+                (*client)->GetEach(part);
+            if (!got.ok()) {
+              failed.insert(failed.end(), part.begin(), part.end());
+              continue;
+            }
+            std::vector<EncodedChunk> good;
+            uint64_t bytes = 0;
+            for (size_t k = 0; k < part.size(); ++k) {
+              if ((*got)[k].ok()) {
+                bytes += (*got)[k]->data.size();
+                good.push_back(*std::move((*got)[k]));
+              } else {
+                failed.push_back(part[k]);
+              }
+            }
+            if (good.empty()) continue;
+            PaceRepair(bytes, cluster.repair_bytes_per_sec);
+            storage::PutResult result;
+            SNAPBACK_RETURN_IF_ERROR(context_.store->Put(good, &result));
+            response->set_copied(response->copied() + static_cast<uint32_t>(good.size()));
+            response->set_bytes(response->bytes() + bytes);
+          }
+          todo = std::move(failed);
+        }
+        for (const ChunkId& id : todo)
+          response->add_failed_ids(std::string(id.AsBytes()));
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::ListChunks(
+    grpc::CallbackServerContext* ctx, const snapback::v1::ListChunksRequest* request,
+    snapback::v1::ListChunksResponse* response) {
+  if (!request->start_after().empty() && request->start_after().size() != 32) {
+    return rpc::FinishNow(ctx, absl::InvalidArgumentError(
+                                   "start_after must be empty or a 32-byte chunk id"));
+  }
+  size_t limit = request->limit() == 0 ? 4096 : request->limit();
+  limit = std::min<size_t>(limit, static_cast<size_t>(context_.limits.max_batch_chunks));
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "ListChunks",
+                        [this, request, response, limit]() -> absl::Status {
+                          std::vector<std::pair<ChunkId, uint32_t>> out;
+                          SNAPBACK_ASSIGN_OR_RETURN(
+                              bool done,
+                              context_.store->List(request->start_after(), limit, &out));
+                          for (const auto& [id, len] : out) {
+                            response->add_ids(std::string(id.AsBytes()));
+                            response->add_raw_lengths(len);
+                          }
+                          response->set_done(done);
+                          return absl::OkStatus();
+                        });
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::VerifyChunks(
+    grpc::CallbackServerContext* ctx, const snapback::v1::VerifyChunksRequest* request,
+    snapback::v1::VerifyChunksResponse* response) {
+  absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
+  if (!ids.ok()) return rpc::FinishNow(ctx, ids.status());
+  return rpc::RunOnPool(
+      ctx, context_.io_pool, &calls_, "VerifyChunks",
+      [this, response, ids = std::move(*ids)]() -> absl::Status {
+        // The store quarantines bad copies itself (dropped from the index,
+        // listed in LostChunks()), so they are never served again and
+        // repair can store good bytes.
+        storage::ScrubResult scrub =
+            ids.empty() ? context_.store->Scrub() : context_.store->ScrubChunks(ids);
+        response->set_checked(scrub.checked);
+        std::vector<ChunkId> bad;
+        for (const auto& [id, why] : scrub.bad) bad.push_back(id);
+        for (const ChunkId& id : scrub.missing) {
+          response->add_missing_ids(std::string(id.AsBytes()));
+        }
+        if (!bad.empty() && context_.cluster.on_bad) context_.cluster.on_bad(bad);
+        for (const ChunkId& id : bad) response->add_bad_ids(std::string(id.AsBytes()));
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::PutCatalog(
+    grpc::CallbackServerContext* ctx, const snapback::v1::PutCatalogRequest* request,
+    snapback::v1::PutCatalogResponse* response) {
+  (void)response;
+  if (context_.cluster.catalog == nullptr) {
+    return rpc::FinishNow(ctx,
+                          absl::FailedPreconditionError(
+                              "this storage node keeps no catalogue (not in a cluster)"));
+  }
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "PutCatalog", [this, request] {
+    return context_.cluster.catalog->Put(request->key(), request->value());
+  });
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::ListCatalog(
+    grpc::CallbackServerContext* ctx, const snapback::v1::ListCatalogRequest* request,
+    snapback::v1::ListCatalogResponse* response) {
+  if (context_.cluster.catalog == nullptr) {
+    return rpc::FinishNow(ctx,
+                          absl::FailedPreconditionError(
+                              "this storage node keeps no catalogue (not in a cluster)"));
+  }
+  return rpc::RunOnPool(
+      ctx, context_.io_pool, &calls_, "ListCatalog",
+      [this, request, response]() -> absl::Status {
+        std::vector<std::pair<std::string, std::string>> out;
+        SNAPBACK_ASSIGN_OR_RETURN(
+            bool done, context_.cluster.catalog->List(
+                           request->prefix(), request->start_after(), 16u << 20, &out));
+        for (auto& [k, v] : out) {
+          snapback::v1::CatalogEntry* e = response->add_entries();
+          e->set_key(std::move(k));
+          e->set_value(std::move(v));
+        }
+        response->set_done(done);
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* StorageServiceImpl::DeleteCatalog(
+    grpc::CallbackServerContext* ctx, const snapback::v1::DeleteCatalogRequest* request,
+    snapback::v1::DeleteCatalogResponse* response) {
+  (void)response;
+  if (context_.cluster.catalog == nullptr) {
+    return rpc::FinishNow(ctx,
+                          absl::FailedPreconditionError(
+                              "this storage node keeps no catalogue (not in a cluster)"));
+  }
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "DeleteCatalog", [this, request] {
+    std::vector<std::string> keys(request->keys().begin(), request->keys().end());
+    return context_.cluster.catalog->Delete(keys);
+  });
 }
 
 grpc::ServerUnaryReactor* StorageServiceImpl::Stat(

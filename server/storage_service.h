@@ -27,7 +27,9 @@
 #include "absl/time/time.h"
 #include "common/thread_pool.h"
 #include "rpc/unary.h"
+#include "server/peers.h"
 #include "snapback/v1/storage.grpc.pb.h"
+#include "storage/catalog.h"
 #include "storage/chunk_store.h"
 
 namespace snapback::server {
@@ -67,6 +69,24 @@ struct StorageLimits {
 // Checks that the limits are usable. INVALID_ARGUMENT saying which is not.
 absl::Status ValidateLimits(const StorageLimits& limits);
 
+// What a storage node needs to take part in a cluster. All optional: without
+// them the node serves as a standalone store (forwarding, repair copies and
+// catalogue calls are refused with a message saying why).
+struct ClusterHooks {
+  // The other nodes of the map (forward targets, repair sources).
+  Peers* peers = nullptr;
+  // Runs forwards and repair copies, which block on peers; separate from
+  // io_pool so that two nodes forwarding to each other cannot deadlock.
+  ThreadPool* forward_pool = nullptr;
+  // The catalogue records the coordinator stores here.
+  storage::CatalogStore* catalog = nullptr;
+  // Bytes per second ReplicateChunks copies onto this node (0 = unlimited).
+  uint64_t repair_bytes_per_sec = 0;
+  // Called with chunks VerifyChunks found bad (quarantined), so the node
+  // agent reports them.
+  std::function<void(const std::vector<ChunkId>&)> on_bad;
+};
+
 class StorageServiceImpl final : public snapback::v1::StorageService::CallbackService {
  public:
   // `store` must have verify_on_put off: this service verifies every chunk
@@ -74,7 +94,8 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
   // bottleneck, so the same bytes are never verified twice. None of the
   // pointers is owned.
   StorageServiceImpl(storage::ChunkStore* store, ThreadPool* verify_pool,
-                     ThreadPool* io_pool, StorageLimits limits);
+                     ThreadPool* io_pool, StorageLimits limits,
+                     ClusterHooks cluster = {});
   // Must not run while calls are alive (see WaitIdle).
   ~StorageServiceImpl() override;
 
@@ -93,6 +114,25 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
   grpc::ServerUnaryReactor* DeleteChunks(
       grpc::CallbackServerContext* ctx, const snapback::v1::DeleteChunksRequest* request,
       snapback::v1::DeleteChunksResponse* response) override;
+  grpc::ServerUnaryReactor* ReplicateChunks(
+      grpc::CallbackServerContext* ctx,
+      const snapback::v1::ReplicateChunksRequest* request,
+      snapback::v1::ReplicateChunksResponse* response) override;
+  grpc::ServerUnaryReactor* ListChunks(
+      grpc::CallbackServerContext* ctx, const snapback::v1::ListChunksRequest* request,
+      snapback::v1::ListChunksResponse* response) override;
+  grpc::ServerUnaryReactor* VerifyChunks(
+      grpc::CallbackServerContext* ctx, const snapback::v1::VerifyChunksRequest* request,
+      snapback::v1::VerifyChunksResponse* response) override;
+  grpc::ServerUnaryReactor* PutCatalog(
+      grpc::CallbackServerContext* ctx, const snapback::v1::PutCatalogRequest* request,
+      snapback::v1::PutCatalogResponse* response) override;
+  grpc::ServerUnaryReactor* ListCatalog(
+      grpc::CallbackServerContext* ctx, const snapback::v1::ListCatalogRequest* request,
+      snapback::v1::ListCatalogResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteCatalog(
+      grpc::CallbackServerContext* ctx, const snapback::v1::DeleteCatalogRequest* request,
+      snapback::v1::DeleteCatalogResponse* response) override;
 
   // Blocks until no call is alive (every reactor is done and no pool task of
   // a call is pending) or `deadline` passes. Returns true when idle.
@@ -107,6 +147,7 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
     ThreadPool* io_pool;
     StorageLimits limits;
     StorageServiceImpl* service;
+    ClusterHooks cluster;
   };
   // A call starts / ends (a reactor is created / destroyed).
   void CallStarted() { calls_.Started(); }

@@ -1,0 +1,56 @@
+// ClusterServiceImpl: the gRPC face of the coordinator's ClusterTier
+// (proto/snapback/v1/cluster.proto). Every call runs on the given pool
+// (registration and heartbeats write the node map; scrub waits for nodes).
+//
+// Thread-safe. The tier and the pool must outlive the service; WaitIdle()
+// tells when the last call is gone.
+#ifndef SNAPBACK_SERVER_CLUSTER_SERVICE_H_
+#define SNAPBACK_SERVER_CLUSTER_SERVICE_H_
+
+#include "common/thread_pool.h"
+#include "coordinator/cluster_tier.h"
+#include "rpc/unary.h"
+#include "snapback/v1/cluster.grpc.pb.h"
+
+namespace snapback::server {
+
+class ClusterServiceImpl final : public v1::ClusterService::CallbackService {
+ public:
+  ClusterServiceImpl(coordinator::ClusterTier* tier, ThreadPool* pool)
+      : tier_(tier), pool_(pool) {}
+
+  grpc::ServerUnaryReactor* RegisterNode(grpc::CallbackServerContext* ctx,
+                                         const v1::RegisterNodeRequest* req,
+                                         v1::RegisterNodeResponse* resp) override;
+  grpc::ServerUnaryReactor* NodeHeartbeat(grpc::CallbackServerContext* ctx,
+                                          const v1::NodeHeartbeatRequest* req,
+                                          v1::NodeHeartbeatResponse* resp) override;
+  grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
+                                      const v1::ListNodesRequest* req,
+                                      v1::NodeMap* resp) override;
+  grpc::ServerUnaryReactor* SetNodeState(grpc::CallbackServerContext* ctx,
+                                         const v1::SetNodeStateRequest* req,
+                                         v1::NodeInfo* resp) override;
+  grpc::ServerUnaryReactor* GetReplicaState(grpc::CallbackServerContext* ctx,
+                                            const v1::GetReplicaStateRequest* req,
+                                            v1::ReplicaState* resp) override;
+  grpc::ServerUnaryReactor* ScrubNodes(grpc::CallbackServerContext* ctx,
+                                       const v1::ScrubNodesRequest* req,
+                                       v1::ScrubNodesResponse* resp) override;
+  grpc::ServerUnaryReactor* ReportBadReplica(grpc::CallbackServerContext* ctx,
+                                             const v1::ReportBadReplicaRequest* req,
+                                             v1::ReportBadReplicaResponse* resp) override;
+
+  bool WaitIdle(absl::Time deadline = absl::InfiniteFuture()) {
+    return calls_.WaitIdle(deadline);
+  }
+
+ private:
+  coordinator::ClusterTier* const tier_;
+  ThreadPool* const pool_;
+  rpc::CallTracker calls_;
+};
+
+}  // namespace snapback::server
+
+#endif  // SNAPBACK_SERVER_CLUSTER_SERVICE_H_
