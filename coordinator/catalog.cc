@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "coordinator/coordinator_store.h"
 #include "coordinator/keys.h"
+#include "coordinator/manifest_validation.h"
 #include "coordinator/txn.h"
 
 namespace snapback::coordinator {
@@ -90,6 +91,79 @@ absl::StatusOr<std::vector<bool>> CoordinatorStore::Wanted(
     }
   }
   return out;
+}
+
+absl::Status CoordinatorStore::PublishCommitted(const std::string& job_id, int64_t step) {
+  v1::CatalogRecord record;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    SNAPBACK_ASSIGN_OR_RETURN(*record.mutable_job(), LoadJob(job_id));
+    SNAPBACK_ASSIGN_OR_RETURN(*record.mutable_checkpoint(), LoadCheckpoint(job_id, step));
+    if (record.checkpoint().state() != v1::COMMITTED) return absl::OkStatus();
+    const std::string prefix = StepPrefix("m", job_id, step);
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      if (!record.add_manifests()->ParseFromArray(it->value().data(),
+                                                  static_cast<int>(it->value().size()))) {
+        return absl::DataLossError("malformed manifest");
+      }
+    }
+    SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan"));
+  }
+  return tier_->PublishCatalog(internal::CheckpointKey(job_id, step),
+                               record.SerializeAsString(),
+                               std::max(1, record.checkpoint().replication()));
+}
+
+absl::StatusOr<bool> CoordinatorStore::ImportCommitted(const v1::CatalogRecord& record) {
+  const JobInfo& in_job = record.job();
+  const CheckpointInfo& in = record.checkpoint();
+  SNAPBACK_RETURN_IF_ERROR(internal::ValidJobId(in_job.job_id()));
+  SNAPBACK_RETURN_IF_ERROR(internal::ValidWorldSize(in_job.world_size()));
+  if (in.job_id() != in_job.job_id() || in.state() != v1::COMMITTED || in.step() < 0 ||
+      record.manifests_size() != in_job.world_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("catalogue record of ", in.job_id(), " step ", in.step(),
+                     " is inconsistent (job, state or manifest count)"));
+  }
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<CheckpointInfo> existing = LoadCheckpoint(in.job_id(), in.step());
+  if (existing.ok()) return false;
+  if (!absl::IsNotFound(existing.status())) return existing.status();
+  absl::StatusOr<JobInfo> job = LoadJob(in_job.job_id());
+  if (absl::IsNotFound(job.status())) {
+    job = in_job;
+    job->set_restore_target(-1);
+    job->set_latest_committed(-1);
+  } else if (!job.ok()) {
+    return job.status();
+  }
+  if (job->world_size() != in_job.world_size()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", in_job.job_id(), " has checkpoints of two world sizes"));
+  }
+  job->set_incarnation(std::max(job->incarnation(), in_job.incarnation()));
+  job->set_latest_committed(std::max(job->latest_committed(), in.step()));
+  Txn txn(this);
+  absl::flat_hash_set<ChunkId> ids;
+  for (int r = 0; r < record.manifests_size(); ++r) {
+    const RankManifest& m = record.manifests(r);
+    txn.batch.Put(internal::ManifestKey(in.job_id(), in.step(), r),
+                  m.SerializeAsString());
+    internal::AddChunkIds(m, &ids);
+  }
+  for (const ChunkId& id : ids) {
+    SNAPBACK_ASSIGN_OR_RETURN(internal::RefRecord * ref, txn.Ref(id));
+    ref->exists = true;
+    ++ref->count;
+  }
+  CheckpointInfo ckpt = in;
+  ckpt.set_pinned(in.pinned());
+  txn.batch.Put(internal::CheckpointKey(in.job_id(), in.step()),
+                ckpt.SerializeAsString());
+  txn.batch.Put(internal::JobKey(in_job.job_id()), job->SerializeAsString());
+  SNAPBACK_RETURN_IF_ERROR(txn.Write());
+  return true;
 }
 
 }  // namespace snapback::coordinator

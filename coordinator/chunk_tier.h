@@ -71,6 +71,16 @@ class ChunkTier {
   virtual std::vector<v1::NodeInfo> WritableNodes() { return {}; }
   virtual std::vector<v1::NodeInfo> ReadableNodes() { return {}; }
   virtual uint64_t MapVersion() { return 0; }
+  // A cluster keeps each committed checkpoint's catalogue record on
+  // `copies` nodes (CatalogRecord under its checkpoint key), and drops the
+  // records of deleted checkpoints (queued: called under the metadata
+  // lock). No-ops without a cluster.
+  virtual absl::Status PublishCatalog(const std::string& key, const std::string& value,
+                                      int copies) {
+    (void)key, (void)value, (void)copies;
+    return absl::OkStatus();
+  }
+  virtual void RetractCatalog(const std::vector<std::string>& keys) { (void)keys; }
 };
 
 // The ChunkStore of this process. `store` is not owned and must outlive the

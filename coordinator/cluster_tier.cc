@@ -275,4 +275,60 @@ absl::StatusOr<uint64_t> ClusterTier::Delete(absl::Span<const ChunkId> ids) {
   return deleted;
 }
 
+absl::Status ClusterTier::PublishCatalog(const std::string& key, const std::string& value,
+                                         int copies) {
+  // The same rendezvous placement as chunks, keyed by the record's key, so
+  // the record lands in distinct failure domains; a node that fails is
+  // replaced by the next.
+  std::vector<v1::NodeInfo> nodes = WritableNodes();
+  std::vector<PlacementNode> placement;
+  for (const v1::NodeInfo& n : nodes)
+    placement.push_back({n.node_id(), n.failure_domain()});
+  int stored = 0;
+  absl::Status last;
+  for (int k : PlacementOrder(Sha256(key), placement)) {
+    if (stored == copies) break;
+    absl::StatusOr<internal_client::StorageClient*> client =
+        ClientFor(nodes[k].address());
+    absl::Status s = client.ok() ? (*client)->PutCatalog(key, value) : client.status();
+    if (s.ok()) {
+      ++stored;
+    } else {
+      last = s;
+    }
+  }
+  if (stored < copies) {
+    return absl::UnavailableError(absl::StrCat("catalogue record stored on ", stored,
+                                               " of ", copies,
+                                               " nodes: ", last.message()));
+  }
+  return absl::OkStatus();
+}
+
+void ClusterTier::RetractCatalog(const std::vector<std::string>& keys) {
+  absl::MutexLock lock(&retract_mu_);
+  retract_.insert(retract_.end(), keys.begin(), keys.end());
+}
+
+void ClusterTier::DrainRetractions() {
+  std::vector<std::string> keys;
+  {
+    absl::MutexLock lock(&retract_mu_);
+    keys.swap(retract_);
+  }
+  if (keys.empty()) return;
+  // Every reachable node: a record may have moved with failovers. A node
+  // that misses the delete keeps a stale record, which a rebuild ignores
+  // unless every chunk it names is still on the tier.
+  for (const v1::NodeInfo& n : ReadableNodes()) {
+    if (n.state() != v1::NODE_UP && n.state() != v1::NODE_DRAINING) continue;
+    absl::StatusOr<internal_client::StorageClient*> client = ClientFor(n.address());
+    absl::Status s = client.ok() ? (*client)->DeleteCatalog(keys) : client.status();
+    if (!s.ok()) {
+      SNAPBACK_LOG(Debug, "dropping %d catalogue record(s) from %s: %s", keys.size(),
+                   n.node_id(), s.ToString());
+    }
+  }
+}
+
 }  // namespace snapback::coordinator

@@ -133,6 +133,10 @@ class ClusterTier final : public ChunkTier {
   int replication() const override { return 1; }
   bool clustered() const override { return true; }
 
+  absl::Status PublishCatalog(const std::string& key, const std::string& value,
+                              int copies) override;
+  void RetractCatalog(const std::vector<std::string>& keys) override;
+
   // Node ids holding a copy of `id` per the location records.
   std::vector<std::string> Locations(const ChunkId& id);
 
@@ -197,6 +201,12 @@ class ClusterTier final : public ChunkTier {
   absl::Mutex clients_mu_;
   std::map<std::string, std::unique_ptr<internal_client::StorageClient>> clients_
       ABSL_GUARDED_BY(clients_mu_);
+
+  // Catalogue keys to delete from the nodes (RetractCatalog), drained by
+  // the loop.
+  absl::Mutex retract_mu_;
+  std::vector<std::string> retract_ ABSL_GUARDED_BY(retract_mu_);
+  void DrainRetractions();
 
   // Serialises read-modify-write of location records.
   absl::Mutex loc_mu_;

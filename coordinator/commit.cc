@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator_store.h"
 #include "coordinator/keys.h"
@@ -252,15 +253,28 @@ absl::StatusOr<v1::CommitRankResponse> CoordinatorStore::CommitRank(
     uint64_t generation;
     int copies = 1;
     {
-      absl::MutexLock lock(&mu_);
+      absl::ReleasableMutexLock lock(&mu_);
       JobInfo job;
       CheckpointInfo ckpt;
       std::optional<v1::CommitRankResponse> replay;
       SNAPBACK_RETURN_IF_ERROR(PrepareCommit(req, manifest_bytes, &job, &ckpt, &replay));
       if (replay.has_value()) return *std::move(replay);
       if (confirmed.has_value() && *confirmed == gc_generation_) {
-        return FinishCommit(req, manifest_bytes, ids, logical_bytes, std::move(job),
-                            std::move(ckpt));
+        absl::StatusOr<v1::CommitRankResponse> done = FinishCommit(
+            req, manifest_bytes, ids, logical_bytes, std::move(job), std::move(ckpt));
+        if (done.ok() && done->checkpoint_committed() && tier_->clustered()) {
+          lock.Release();
+          // The catalogue record goes to the tier so that the checkpoint
+          // survives the loss of this coordinator's metadata. The
+          // checkpoint is committed either way; a failure is logged.
+          absl::Status published = PublishCommitted(req.rank().job_id(), req.step());
+          if (!published.ok()) {
+            SNAPBACK_LOG(Warning, "catalogue record of %s not stored on the tier: %s",
+                         CheckpointName(req.rank().job_id(), req.step()),
+                         published.ToString());
+          }
+        }
+        return done;
       }
       // GC deleted chunks since the tier was asked (or it was not asked yet).
       if (attempt == kCommitAttempts) break;

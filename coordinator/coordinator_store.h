@@ -164,6 +164,14 @@ class CoordinatorStore final : public CatalogView {
       const std::function<bool(const ChunkId&, uint32_t, int)>& fn) override;
   absl::StatusOr<std::vector<bool>> Wanted(absl::Span<const ChunkId> ids) override;
 
+  // The catalogue on the tier (catalog.cc). PublishCommitted stores the
+  // CatalogRecord of a COMMITTED checkpoint on the tier; ImportCommitted
+  // writes one back into this (rebuilt) metadata: job (created if missing),
+  // checkpoint, manifests and chunk references, in one synced batch. False
+  // when the checkpoint already exists.
+  absl::Status PublishCommitted(const std::string& job_id, int64_t step);
+  absl::StatusOr<bool> ImportCommitted(const v1::CatalogRecord& record);
+
   // Full scan of the metadata, checking every invariant: each COMMITTED
   // checkpoint has all world_size manifests and no claims; each WRITING one
   // has exactly ranks_committed manifests; ABORTED ones have none; every

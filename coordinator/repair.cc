@@ -42,6 +42,7 @@ void ClusterTier::Loop() {
       if (run) wake_ = false;
     }
     Tick();
+    DrainRetractions();
     if (!run) continue;
     last_pass = absl::Now();
     absl::Status s = ReconcileNow();

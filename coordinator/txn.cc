@@ -97,6 +97,12 @@ absl::Status CoordinatorStore::Txn::Write() {
     n += delta;
     if (n <= 0) store_->claims_.erase(id);
   }
+  if (!deleted_checkpoints.empty()) {
+    // Their catalogue records on the tier go too (queued, not a network
+    // call under the lock).
+    store_->tier_->RetractCatalog(
+        std::vector<std::string>(deleted_checkpoints.begin(), deleted_checkpoints.end()));
+  }
   return absl::OkStatus();
 }
 

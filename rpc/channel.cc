@@ -71,7 +71,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
   // reconnect backoff grows to 2 minutes, during which every call on the
   // channel fails at once.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  // (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: it is also the
+  // connect timeout, and a slow handshake must not be cut short.)
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   if (options.tls_root_ca_file.empty()) {
     credentials = grpc::InsecureChannelCredentials();

@@ -55,6 +55,10 @@ ABSL_FLAG(uint64_t, scrub_mb_per_sec, 64, "storage role: background scrub pace, 
 ABSL_FLAG(uint64_t, repair_mb_per_sec, 128,
           "storage role: MiB/s this node copies for repair; coordinator: MiB/s of "
           "repair asked of the whole cluster (x2)");
+ABSL_FLAG(
+    std::string, rebuild_from_tier, "",
+    "coordinator of a cluster whose metadata was lost: rebuild the catalogue from "
+    "these storage nodes (HOST:PORT,...) before serving; needs an empty --data-dir");
 ABSL_FLAG(absl::Duration, node_suspect_after, absl::Seconds(3),
           "coordinator: a storage node silent this long is SUSPECT (no new chunks)");
 ABSL_FLAG(absl::Duration, node_down_after, absl::Seconds(15),
@@ -247,6 +251,11 @@ Flags ParseFlags(int argc, char** argv) {
     BadFlag(
         "--data-dir is required: the directory where this server keeps chunks and/or "
         "checkpoint metadata");
+  }
+  const std::string rebuild = absl::GetFlag(FLAGS_rebuild_from_tier);
+  o.rebuild_from_tier = absl::StrSplit(rebuild, ',', absl::SkipWhitespace());
+  if (!rebuild.empty() && o.role != "coordinator") {
+    BadFlag("--rebuild-from-tier is only for --role=coordinator");
   }
   o.node.coordinator = absl::GetFlag(FLAGS_coordinator);
   o.node.advertise = absl::GetFlag(FLAGS_advertise);

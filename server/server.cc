@@ -103,6 +103,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     for (const auto& adapter : options.scheduler_adapters) {
       server->detector_->AddAdapter(adapter);
     }
+    if (!options.rebuild_from_tier.empty()) {
+      if (server->cluster_ == nullptr) {
+        return absl::InvalidArgumentError(
+            "--rebuild-from-tier is for a coordinator of a storage cluster (--role "
+            "coordinator without --storage-endpoints)");
+      }
+      // Before the tier may reconcile nodes against the catalogue: an empty
+      // catalogue would make every chunk look unwanted.
+      SNAPBACK_ASSIGN_OR_RETURN(coordinator::RebuildReport report,
+                                coordinator::RebuildFromTier(
+                                    server->coordinator_store_.get(),
+                                    options.rebuild_from_tier, options.storage_client));
+      SNAPBACK_LOG(
+          Info,
+          "catalogue rebuilt from %d storage node(s): %d job(s), %d checkpoint(s) "
+          "imported, %d skipped",
+          report.nodes_read, report.jobs, report.imported, report.skipped_missing);
+    }
     if (server->cluster_ != nullptr) {
       server->cluster_->SetCatalog(server->coordinator_store_.get());
       server->cluster_service_ = std::make_unique<ClusterServiceImpl>(

@@ -44,6 +44,7 @@
 #include "absl/time/time.h"
 #include "coordinator/chunk_tier.h"
 #include "coordinator/coordinator_store.h"
+#include "coordinator/rebuild.h"
 #include "failure-detector/detector.h"
 #include "rpc/storage_client.h"
 #include "server/cluster_service.h"
@@ -85,6 +86,11 @@ struct ServerOptions {
   // Bytes per second a storage node copies for repair (ReplicateChunks).
   // Default: 128 MiB/s
   uint64_t node_repair_bytes_per_sec = 128ull << 20;
+  // Storage nodes (HOST:PORT) to rebuild a lost coordinator's catalogue
+  // from, before serving (coordinator role with a cluster, empty metadata
+  // directory; coordinator/rebuild.h).
+  // Default: {} (no rebuild)
+  std::vector<std::string> rebuild_from_tier;
   // The coordinator's cluster tier: heartbeat grace, repair pace.
   // Default: see coordinator::ClusterOptions
   coordinator::ClusterOptions cluster;

@@ -842,24 +842,26 @@ grpc::ServerUnaryReactor* StorageServiceImpl::VerifyChunks(
     snapback::v1::VerifyChunksResponse* response) {
   absl::StatusOr<std::vector<ChunkId>> ids = ParseIds(request->ids(), context_.limits);
   if (!ids.ok()) return rpc::FinishNow(ctx, ids.status());
-  return rpc::RunOnPool(
-      ctx, context_.io_pool, &calls_, "VerifyChunks",
-      [this, response, ids = std::move(*ids)]() -> absl::Status {
-        // The store quarantines bad copies itself (dropped from the index,
-        // listed in LostChunks()), so they are never served again and
-        // repair can store good bytes.
-        storage::ScrubResult scrub =
-            ids.empty() ? context_.store->Scrub() : context_.store->ScrubChunks(ids);
-        response->set_checked(scrub.checked);
-        std::vector<ChunkId> bad;
-        for (const auto& [id, why] : scrub.bad) bad.push_back(id);
-        for (const ChunkId& id : scrub.missing) {
-          response->add_missing_ids(std::string(id.AsBytes()));
-        }
-        if (!bad.empty() && context_.cluster.on_bad) context_.cluster.on_bad(bad);
-        for (const ChunkId& id : bad) response->add_bad_ids(std::string(id.AsBytes()));
-        return absl::OkStatus();
-      });
+  return rpc::RunOnPool(ctx, context_.io_pool, &calls_, "VerifyChunks",
+                        [this, response, ids = std::move(*ids)]() -> absl::Status {
+                          // The store quarantines bad copies itself (dropped from the
+                          // index, listed in LostChunks()), so they are never served
+                          // again and repair can store good bytes.
+                          storage::ScrubResult scrub =
+                              ids.empty() ? context_.store->Scrub()
+                                          : context_.store->ScrubChunks(ids);
+                          response->set_checked(scrub.checked);
+                          std::vector<ChunkId> bad;
+                          for (const auto& [id, why] : scrub.bad) bad.push_back(id);
+                          for (const ChunkId& id : scrub.missing) {
+                            response->add_missing_ids(std::string(id.AsBytes()));
+                          }
+                          if (!bad.empty() && context_.cluster.on_bad)
+                            context_.cluster.on_bad(bad);
+                          for (const ChunkId& id : bad)
+                            response->add_bad_ids(std::string(id.AsBytes()));
+                          return absl::OkStatus();
+                        });
 }
 
 grpc::ServerUnaryReactor* StorageServiceImpl::PutCatalog(

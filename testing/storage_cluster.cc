@@ -51,7 +51,7 @@ StorageCluster::~StorageCluster() {
   }
 }
 
-void StorageCluster::StartCoordinator() {
+void StorageCluster::StartCoordinator(const std::vector<std::string>& extra) {
   std::vector<std::string> argv = {
       Subprocess::BinPath("snapback-server"),
       "--role=coordinator",
@@ -62,6 +62,7 @@ void StorageCluster::StartCoordinator() {
       absl::StrCat("--repair-mb-per-sec=", options_.repair_mb_per_sec)};
   argv.insert(argv.end(), options_.coordinator_flags.begin(),
               options_.coordinator_flags.end());
+  argv.insert(argv.end(), extra.begin(), extra.end());
   coordinator_ = std::make_unique<Subprocess>(argv);
   auto line = coordinator_->WaitForLine("snapback-server listening", absl::Seconds(60));
   ASSERT_TRUE(line.has_value()) << "the coordinator did not start";

@@ -45,7 +45,8 @@ class StorageCluster {
   // and reconciled. Aborts the test (ADD_FAILURE + false) on failure.
   bool Start(absl::Duration deadline = absl::Seconds(60));
 
-  void StartCoordinator();
+  // On the same port as before after a restart; `extra` flags for this start.
+  void StartCoordinator(const std::vector<std::string>& extra = {});
   void StopCoordinator(int signal = SIGKILL);
   void StartNode(int i);
   // Sends `signal` to node i's process; SIGKILL/SIGTERM also reap it.

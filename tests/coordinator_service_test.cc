@@ -428,8 +428,10 @@ TEST(CoordinatorRoleTest, CoordinatorTalksToARemoteStorageNode) {
   co.role = "coordinator";
   co.gc_interval = absl::ZeroDuration();
   co.coordinator.gc_grace = absl::ZeroDuration();
-  EXPECT_EQ(Server::Start(co).status().code(), absl::StatusCode::kInvalidArgument);
+  co.rebuild_from_tier = {node_endpoint};  // only for a cluster, not a fixed list
   co.storage_endpoints = {node_endpoint};
+  EXPECT_EQ(Server::Start(co).status().code(), absl::StatusCode::kInvalidArgument);
+  co.rebuild_from_tier.clear();
   auto coord = Server::Start(co);
   ASSERT_TRUE(coord.ok()) << coord.status();
   EXPECT_EQ((*coord)->TEST_service(), nullptr);  // no storage service there

@@ -633,7 +633,9 @@ TEST(ServerStartTest, PlaintextOnlyOnLoopback) {
 
   options.role = "coordinator";
   options.listen = "127.0.0.1:0";
+  options.node.coordinator = "127.0.0.1:1";  // --coordinator is for storage nodes
   EXPECT_EQ(Server::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.node.coordinator.clear();
   options.role = "storage";
   options.limits.max_chunk_bytes = kMaxChunkRawBytes + 1;
   EXPECT_EQ(Server::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
