@@ -106,6 +106,9 @@ void StorageCluster::StartNode(int i) {
         absl::StrCat("--failure-domain=", options_.domains[i % options_.domains.size()]));
   }
   argv.insert(argv.end(), options_.node_flags.begin(), options_.node_flags.end());
+  if (auto it = options_.flags_of_node.find(i); it != options_.flags_of_node.end()) {
+    argv.insert(argv.end(), it->second.begin(), it->second.end());
+  }
   n.process = std::make_unique<Subprocess>(argv);
   auto line = n.process->WaitForLine("snapback-server listening", absl::Seconds(60));
   ASSERT_TRUE(line.has_value()) << "storage node " << i << " did not start";

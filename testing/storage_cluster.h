@@ -33,6 +33,8 @@ struct StorageClusterOptions {
   uint64_t repair_mb_per_sec = 256;
   // Extra flags for every node / the coordinator.
   std::vector<std::string> node_flags;
+  // Extra flags for node i only.
+  std::map<int, std::vector<std::string>> flags_of_node;
   std::vector<std::string> coordinator_flags;
 };
 
@@ -52,6 +54,14 @@ class StorageCluster {
   // Sends `signal` to node i's process; SIGKILL/SIGTERM also reap it.
   void SignalNode(int i, int signal);
   bool node_running(int i) const { return nodes_[i].process != nullptr; }
+  // PIDs of node i and of the coordinator (-1 when not running), for
+  // benchmarks that read /proc/<pid>.
+  pid_t node_pid(int i) const {
+    return nodes_[i].process != nullptr ? nodes_[i].process->pid() : -1;
+  }
+  pid_t coordinator_pid() const {
+    return coordinator_ != nullptr ? coordinator_->pid() : -1;
+  }
 
   const std::string& coordinator() const { return coordinator_address_; }
   std::string node_address(int i) const;

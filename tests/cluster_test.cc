@@ -432,6 +432,30 @@ TEST(ClusterTest, FrozenNodeGoesDownAndRejoins) {
   for (int64_t step = 1; step <= 3; ++step) job.ExpectRestores(step, "after rejoin");
 }
 
+// A node above its high watermark says so in its heartbeats; placement
+// skips it and saves go to the others.
+TEST(ClusterTest, PlacementSkipsAFullNode) {
+  TempDir dir;
+  StorageClusterOptions o;
+  o.nodes = 3;
+  o.flags_of_node[2] = {"--min-free-mb=100000000"};  // "full" from the start
+  StorageCluster cluster(dir.path(), o);
+  ASSERT_TRUE(cluster.Start());
+  auto map = cluster.Map();
+  ASSERT_TRUE(map.ok());
+  int full = 0;
+  for (const auto& n : map->nodes()) full += n.full() ? 1 : 0;
+  EXPECT_EQ(full, 1);
+  Job job(cluster.coordinator(), "full", 1 << 20);
+  job.Save(1);
+  job.Save(2);
+  auto held = cluster.NodeChunks(2);
+  ASSERT_TRUE(held.ok());
+  EXPECT_TRUE(held->empty()) << "the full node got " << held->size() << " chunks";
+  EXPECT_TRUE(Healthy(cluster));
+  job.ExpectRestores(2, "with a full node");
+}
+
 // The coordinator's metadata directory is lost: a new coordinator rebuilds
 // the catalogue (jobs, committed checkpoints, chunk locations) from the
 // storage nodes, and every committed checkpoint restores bit-exact.
