@@ -141,7 +141,8 @@ class ClusterTier final : public ChunkTier {
   std::vector<std::string> Locations(const ChunkId& id);
 
   // --- repair (repair.cc) ---
-  absl::StatusOr<v1::ReplicaState> ReplicaState();
+  absl::StatusOr<v1::ReplicaState> ReplicaState(
+      const v1::GetReplicaStateRequest& req = {});
   absl::StatusOr<v1::ScrubNodesResponse> Scrub(const std::string& node_id);
   absl::StatusOr<v1::ReportBadReplicaResponse> ReportBadReplica(
       const v1::ReportBadReplicaRequest& req);

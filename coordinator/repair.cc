@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
@@ -304,7 +305,18 @@ absl::Status ClusterTier::Reconcile(const std::string& node_id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::ReplicaState> ClusterTier::ReplicaState() {
+absl::StatusOr<v1::ReplicaState> ClusterTier::ReplicaState(
+    const v1::GetReplicaStateRequest& req) {
+  if (req.chunk_ids_size() > 4096) {
+    return absl::InvalidArgumentError("at most 4096 chunk_ids per GetReplicaState");
+  }
+  std::vector<ChunkId> asked;
+  for (const std::string& b : req.chunk_ids()) {
+    absl::StatusOr<ChunkId> id = ChunkId::FromBytes(b);
+    if (!id.ok()) return absl::InvalidArgumentError("chunk_ids: a chunk id is 32 bytes");
+    asked.push_back(*id);
+  }
+  absl::flat_hash_map<ChunkId, int> want_of;
   CatalogView* catalog;
   std::map<std::string, v1::NodeInfo> nodes;
   v1::ReplicaState out;
@@ -320,6 +332,7 @@ absl::StatusOr<v1::ReplicaState> ClusterTier::ReplicaState() {
     SNAPBACK_RETURN_IF_ERROR(
         catalog->ForEachCommittedChunk([&](const ChunkId& id, uint32_t length, int want) {
           if (!seen.insert(id).second) return true;
+          if (!asked.empty()) want_of[id] = want;
           out.set_chunks(out.chunks() + 1);
           out.set_bytes(out.bytes() + length);
           int live = 0;
@@ -362,6 +375,24 @@ absl::StatusOr<v1::ReplicaState> ClusterTier::ReplicaState() {
                             : static_cast<double>(out.under_replicated_bytes()) / rate);
   }
   out.set_last_check_unix_ms(absl::ToUnixMillis(absl::Now()));
+  for (const ChunkId& id : asked) {
+    v1::ChunkReplicas* c = out.add_chunks_asked();
+    c->set_id(std::string(id.AsBytes()));
+    auto w = want_of.find(id);
+    c->set_want(w == want_of.end() ? 0 : w->second);
+    int live = 0;
+    for (const std::string& n : Locations(id)) {
+      auto it = nodes.find(n);
+      const v1::NodeState st = it == nodes.end() ? v1::NODE_REMOVED : it->second.state();
+      c->add_node_ids(n);
+      c->add_node_states(st);
+      if (it != nodes.end() && (st == v1::NODE_UP || st == v1::NODE_SUSPECT) &&
+          it->second.reconciled()) {
+        ++live;
+      }
+    }
+    c->set_live(live);
+  }
   return out;
 }
 

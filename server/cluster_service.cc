@@ -53,9 +53,9 @@ grpc::ServerUnaryReactor* ClusterServiceImpl::SetNodeState(
 grpc::ServerUnaryReactor* ClusterServiceImpl::GetReplicaState(
     grpc::CallbackServerContext* ctx, const v1::GetReplicaStateRequest* req,
     v1::ReplicaState* resp) {
-  (void)req;
-  return rpc::RunOnPool(ctx, pool_, &calls_, "GetReplicaState",
-                        [this, resp] { return Fill(tier_->ReplicaState(), resp); });
+  return rpc::RunOnPool(ctx, pool_, &calls_, "GetReplicaState", [this, req, resp] {
+    return Fill(tier_->ReplicaState(*req), resp);
+  });
 }
 
 grpc::ServerUnaryReactor* ClusterServiceImpl::ScrubNodes(grpc::CallbackServerContext* ctx,

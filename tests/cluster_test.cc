@@ -242,6 +242,32 @@ TEST(ClusterTest, PermanentNodeLossIsRepairedToTwoCopies) {
   ASSERT_TRUE(st.ok());
   EXPECT_GT(st->repaired_chunks(), 0u);
   EXPECT_EQ(st->under_replicated_bytes(), 0u);
+  {
+    // Per chunk: every committed chunk wants 2, has 2 live copies, and the
+    // lost node is not one of them.
+    grpc::ClientContext ctx;
+    v1::GetReplicaStateRequest req;
+    for (const ChunkId& id : all) {
+      if (req.chunk_ids_size() == 50) break;
+      req.add_chunk_ids(std::string(id.AsBytes()));
+    }
+    auto channel =
+        grpc::CreateChannel(cluster.coordinator(), grpc::InsecureChannelCredentials());
+    v1::ReplicaState per_chunk;
+    ASSERT_TRUE(v1::ClusterService::NewStub(channel)
+                    ->GetReplicaState(&ctx, req, &per_chunk)
+                    .ok());
+    ASSERT_EQ(per_chunk.chunks_asked_size(), req.chunk_ids_size());
+    for (const auto& c : per_chunk.chunks_asked()) {
+      EXPECT_EQ(c.want(), 2);
+      EXPECT_EQ(c.live(), 2);
+      for (int k = 0; k < c.node_ids_size(); ++k) {
+        if (c.node_ids(k) == lost_id) {
+          EXPECT_EQ(c.node_states(k), v1::NODE_DOWN);
+        }
+      }
+    }
+  }
   std::printf("repaired %llu chunks (%llu bytes) after losing one of 3 nodes\n",
               static_cast<unsigned long long>(st->repaired_chunks()),
               static_cast<unsigned long long>(st->repaired_bytes()));
