@@ -18,33 +18,21 @@
 // Every save writes different bytes: rank r of save g is a window of one
 // random pool starting at r * bytes_per_rank + 8 * g, so no chunk repeats
 // (content addressing would dedup it) and no pool is rebuilt between saves.
-// Network bytes come from the kernel (sock_diag: tcp_info bytes_acked /
-// bytes_received of every TCP socket, mapped to a process through
-// /proc/<pid>/fd); /proc/<pid>/io cannot serve here, gRPC uses
-// sendmsg/recvmsg, which it does not count. CPU from /proc/<pid>/stat.
+// Network bytes and CPU come from the kernel: bench/proc_usage.h.
 //
 //   cluster_bench [--dir DIR] [--nodes 1,2,4] [--ranks 4] [--save-mib 256]
-//                 [--saves 3] [--repair-mib 512] [--parts throughput,repair,restore]
+//                 [--saves 5] [--restores 3] [--repair-mib 512 (2048: 2 GiB)]
+//                 [--parts throughput,repair,restore]
 //
 // The servers are taken from $SNAPBACK_BIN_DIR, else from ../bin beside this
 // binary.
-#include <dirent.h>
 #include <grpcpp/grpcpp.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/rtnetlink.h>
-#include <linux/sock_diag.h>
-#include <linux/tcp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -59,8 +47,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "bench/proc_usage.h"
 #include "bench/raw_io.h"
 #include "common/flags.h"
 #include "common/malloc_tuning.h"
@@ -98,8 +86,8 @@ using testing::StorageClusterOptions;
 
 constexpr char kUsage[] =
     "usage: cluster_bench [--dir DIR] [--nodes 1,2,4] [--ranks 4] [--save-mib 256]\n"
-    "                     [--saves 3] [--repair-mib 512] [--parts "
-    "throughput,repair,restore]\n"
+    "                     [--saves 5] [--restores 3] [--repair-mib 512]\n"
+    "                     [--parts throughput,repair,restore]\n"
     "\n"
     "The storage cluster (coordinator + N storage node processes on loopback): save\n"
     "throughput at R=1 and R=2, bytes on the wire and CPU per byte, repair time after\n"
@@ -116,20 +104,17 @@ constexpr char kProgram[] = "cluster_bench";
   std::fprintf(stderr, "%s: %s\n", kProgram, what.c_str());
   std::exit(1);
 }
-[[noreturn]] void DieErrno(const std::string& what) {
-  Die(absl::Status(absl::ErrnoToStatusCode(errno), std::strerror(errno)), what);
-}
 
 struct Flags {
   std::string dir;
   std::vector<int> nodes;
   int ranks = 4;
   uint64_t save_bytes = 0;
-  int saves = 3;
+  int saves = 5;
   uint64_t chunk_bytes = 0;
   uint64_t repair_bytes = 0;
   uint64_t repair_mb_per_sec = 0;
-  int restores = 2;
+  int restores = 3;
   absl::Duration restore_down_after;
   std::set<std::string> parts;
   uint64_t per_rank() const { return save_bytes / ranks; }
@@ -141,166 +126,12 @@ double Median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-// ---- What the kernel knows about each process ------------------------------
+// ---- Processes ---------------------------------------------------------------
 
-struct TcpBytes {
-  uint64_t sent = 0;      // payload acked by the peer (tcpi_bytes_acked)
-  uint64_t received = 0;  // payload received (tcpi_bytes_received)
-};
-
-// tcp_info of every TCP socket of this network namespace, by socket inode
-// (one sock_diag dump per address family).
-std::map<uint64_t, TcpBytes> DumpTcpSockets() {
-  std::map<uint64_t, TcpBytes> out;
-  const int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (fd < 0) DieErrno("sock_diag: socket(NETLINK_SOCK_DIAG)");
-  for (const int family : {AF_INET, AF_INET6}) {
-    struct {
-      nlmsghdr header;
-      inet_diag_req_v2 request;
-    } msg = {};
-    msg.header.nlmsg_len = sizeof(msg);
-    msg.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    msg.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    msg.request.sdiag_family = static_cast<uint8_t>(family);
-    msg.request.sdiag_protocol = IPPROTO_TCP;
-    msg.request.idiag_states = ~0u;
-    msg.request.idiag_ext = 1 << (INET_DIAG_INFO - 1);
-    if (send(fd, &msg, sizeof(msg), 0) != static_cast<ssize_t>(sizeof(msg))) {
-      DieErrno("sock_diag: send");
-    }
-    std::vector<char> buf(1 << 16);
-    for (bool done = false; !done;) {
-      const ssize_t n = recv(fd, buf.data(), buf.size(), 0);
-      if (n < 0) DieErrno("sock_diag: recv");
-      int left = static_cast<int>(n);
-      for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, left);
-           h = NLMSG_NEXT(h, left)) {
-        if (h->nlmsg_type == NLMSG_DONE) {
-          done = true;
-          break;
-        }
-        if (h->nlmsg_type == NLMSG_ERROR) Die("sock_diag dump failed");
-        auto* m = static_cast<inet_diag_msg*>(NLMSG_DATA(h));
-        int attr_left = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
-        for (auto* a = reinterpret_cast<rtattr*>(m + 1); RTA_OK(a, attr_left);
-             a = RTA_NEXT(a, attr_left)) {
-          if (a->rta_type != INET_DIAG_INFO || m->idiag_inode == 0) continue;
-          tcp_info info = {};
-          std::memcpy(&info, RTA_DATA(a), std::min<size_t>(RTA_PAYLOAD(a), sizeof(info)));
-          out[m->idiag_inode] = {info.tcpi_bytes_acked, info.tcpi_bytes_received};
-        }
-      }
-    }
-  }
-  close(fd);
-  return out;
-}
-
-// Inodes of the sockets process `pid` has open.
-std::set<uint64_t> SocketInodes(pid_t pid) {
-  std::set<uint64_t> out;
-  const std::string dir = absl::StrCat("/proc/", pid, "/fd");
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return out;
-  while (dirent* e = readdir(d)) {
-    char target[128];
-    const std::string path = dir + "/" + e->d_name;
-    const ssize_t n = readlink(path.c_str(), target, sizeof(target) - 1);
-    if (n <= 0) continue;
-    target[n] = '\0';
-    uint64_t inode;
-    absl::string_view t(target, n);
-    if (absl::ConsumePrefix(&t, "socket:[") && absl::ConsumeSuffix(&t, "]") &&
-        absl::SimpleAtoi(t, &inode)) {
-      out.insert(inode);
-    }
-  }
-  closedir(d);
-  return out;
-}
-
-// utime + stime of `pid` (all threads), seconds.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  std::getline(in, line);
-  const size_t close = line.rfind(')');
-  if (close == std::string::npos) Die(absl::StrCat("cannot read /proc/", pid, "/stat"));
-  // Fields after "(comm)": state is field 3; utime and stime are 14 and 15.
-  std::vector<std::string> f = absl::StrSplit(line.substr(close + 2), ' ');
-  uint64_t utime = 0, stime = 0;
-  if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) ||
-      !absl::SimpleAtoi(f[12], &stime)) {
-    Die(absl::StrCat("cannot parse /proc/", pid, "/stat"));
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// CPU-seconds the whole machine has been busy (/proc/stat: user, nice,
-// system, irq, softirq of every core), to tell what other processes took
-// during a measurement.
-double MachineBusySeconds() {
-  std::ifstream in("/proc/stat");
-  std::string cpu;
-  uint64_t user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
-  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq;
-  if (cpu != "cpu") Die("cannot parse /proc/stat");
-  return static_cast<double>(user + nice + system + irq + softirq) /
-         static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-struct ProcSample {
-  double cpu = 0;
-  std::map<uint64_t, TcpBytes> sockets;  // this process's sockets
-};
-struct Sample {
-  double machine_busy = 0;
-  std::map<pid_t, ProcSample> procs;
-};
-
-Sample Take(const std::vector<pid_t>& pids) {
-  Sample out;
-  out.machine_busy = MachineBusySeconds();
-  const std::map<uint64_t, TcpBytes> all = DumpTcpSockets();
-  for (pid_t pid : pids) {
-    ProcSample& p = out.procs[pid];
-    p.cpu = CpuSeconds(pid);
-    for (uint64_t inode : SocketInodes(pid)) {
-      auto it = all.find(inode);
-      if (it != all.end()) p.sockets[inode] = it->second;
-    }
-  }
-  return out;
-}
-
-struct Usage {
-  double cpu = 0;
-  uint64_t sent = 0;
-  uint64_t received = 0;
-  int closed = 0;  // sockets gone during the window (their bytes are lost)
-  Usage& operator+=(const Usage& o) {
-    cpu += o.cpu;
-    sent += o.sent;
-    received += o.received;
-    closed += o.closed;
-    return *this;
-  }
-};
-
-Usage Delta(const Sample& before, const Sample& after, pid_t pid) {
-  Usage u;
-  const ProcSample& a = after.procs.at(pid);
-  const ProcSample& b = before.procs.at(pid);
-  u.cpu = a.cpu - b.cpu;
-  for (const auto& [inode, bytes] : a.sockets) {
-    auto it = b.sockets.find(inode);
-    const TcpBytes base = it == b.sockets.end() ? TcpBytes{} : it->second;
-    u.sent += bytes.sent - base.sent;
-    u.received += bytes.received - base.received;
-  }
-  for (const auto& [inode, bytes] : b.sockets) u.closed += a.sockets.count(inode) ? 0 : 1;
-  return u;
+bench::UsageSample Take(const std::vector<pid_t>& pids) {
+  absl::StatusOr<bench::UsageSample> s = bench::SampleUsage(pids);
+  if (!s.ok()) Die(s.status(), "reading /proc and sock_diag");
+  return *std::move(s);
 }
 
 // The processes of a cluster run: this one (the training job's client), the
@@ -534,7 +365,7 @@ struct ThroughputRow {
   double mb_per_s_min = 0, mb_per_s_max = 0;
   double seconds = 0;  // wall time of the measured saves
   double logical = 0;  // bytes over the measured saves
-  Usage client, coordinator, nodes_total;
+  bench::Usage client, coordinator, nodes_total;
   double node_cpu_max = 0;
   double other_cpu = 0;  // the rest of the machine (other processes, softirq)
   uint64_t stored = 0;
@@ -557,7 +388,7 @@ std::vector<ThroughputRow> RunThroughput(const Flags& f, const Pool& pool,
       job.Save(step++);  // warm-up: staging pools, connections
       const Pids pids = PidsOf(*cluster);
       const uint64_t stored_before = StoredBytes(*cluster);
-      const Sample before = Take(pids.All());
+      const bench::UsageSample before = Take(pids.All());
       std::vector<double> rates;
       ThroughputRow row;
       row.nodes = n;
@@ -569,21 +400,23 @@ std::vector<ThroughputRow> RunThroughput(const Flags& f, const Pool& pool,
         row.logical += s.logical;
         row.present += s.present;
       }
-      const Sample after = Take(pids.All());
+      const bench::UsageSample after = Take(pids.All());
       row.stored = StoredBytes(*cluster) - stored_before;
       row.mb_per_s = Median(rates);
       row.mb_per_s_min = *std::min_element(rates.begin(), rates.end());
       row.mb_per_s_max = *std::max_element(rates.begin(), rates.end());
-      row.client = Delta(before, after, pids.client);
-      row.coordinator = Delta(before, after, pids.coordinator);
+      row.client = bench::UsageBetween(before, after, pids.client);
+      row.coordinator = bench::UsageBetween(before, after, pids.coordinator);
       for (pid_t p : pids.nodes) {
-        const Usage u = Delta(before, after, p);
+        const bench::Usage u = bench::UsageBetween(before, after, p);
         row.nodes_total += u;
-        row.node_cpu_max = std::max(row.node_cpu_max, u.cpu);
+        row.node_cpu_max = std::max(row.node_cpu_max, u.cpu_seconds);
       }
-      row.closed = row.client.closed + row.coordinator.closed + row.nodes_total.closed;
-      row.other_cpu = after.machine_busy - before.machine_busy - row.client.cpu -
-                      row.coordinator.cpu - row.nodes_total.cpu;
+      row.closed = row.client.closed_sockets + row.coordinator.closed_sockets +
+                   row.nodes_total.closed_sockets;
+      row.other_cpu = after.machine_busy_seconds - before.machine_busy_seconds -
+                      row.client.cpu_seconds - row.coordinator.cpu_seconds -
+                      row.nodes_total.cpu_seconds;
       rows.push_back(row);
     }
   }
@@ -635,11 +468,13 @@ void PrintThroughput(const Flags& f, const std::vector<ThroughputRow>& rows,
   const long cores = sysconf(_SC_NPROCESSORS_ONLN);
   for (const ThroughputRow& r : rows) {
     const double gb = r.logical / 1e9;
-    const double total = r.client.cpu + r.coordinator.cpu + r.nodes_total.cpu;
+    const double total =
+        r.client.cpu_seconds + r.coordinator.cpu_seconds + r.nodes_total.cpu_seconds;
     std::printf("%5d %2d %10.2f %12.3f %12.2f %12.2f %10.2f %6.2f of %ld %10.2f cores\n",
-                r.nodes, r.replication, r.client.cpu / gb, r.coordinator.cpu / gb,
-                r.nodes_total.cpu / gb, r.node_cpu_max / gb, total / gb,
-                total / r.seconds, cores, std::max(0.0, r.other_cpu) / r.seconds);
+                r.nodes, r.replication, r.client.cpu_seconds / gb,
+                r.coordinator.cpu_seconds / gb, r.nodes_total.cpu_seconds / gb,
+                r.node_cpu_max / gb, total / gb, total / r.seconds, cores,
+                std::max(0.0, r.other_cpu) / r.seconds);
   }
   for (const ThroughputRow& r : rows) {
     if (r.present > 0) {
@@ -704,7 +539,8 @@ struct RepairResult {
   double down_to_done = 0;
   double raw_copy = 0;
   double cpu_coordinator = 0, cpu_nodes = 0;
-  double cpu_rest = 0;  // the rest of the machine, this process included
+  double cpu_bench = 0;  // this process (polling the replica state)
+  double cpu_rest = 0;   // the rest of the machine
   uint64_t nodes_received = 0;
 };
 
@@ -738,7 +574,7 @@ RepairResult RunRepair(const Flags& f, const Pool& pool, uint64_t* counter) {
   if (!Poll([&] { return StateOf(*cluster, lost) == v1::NODE_DOWN; }, absl::Seconds(60)))
     Die("the killed node never went DOWN");
   const absl::Time down = absl::Now();
-  const Sample before = Take(pids.All());
+  const bench::UsageSample before = Take(pids.All());
   auto st1 = cluster->ReplicaState();
   if (!st1.ok()) Die(st1.status(), "ReplicaState");
   out.to_copy = st1->under_replicated_bytes();
@@ -746,21 +582,22 @@ RepairResult RunRepair(const Flags& f, const Pool& pool, uint64_t* counter) {
   if (!Poll(healthy, absl::Minutes(30), absl::Milliseconds(20)))
     Die("repair did not finish in 30 minutes");
   const absl::Time done = absl::Now();
-  const Sample after = Take(pids.All());
+  const bench::UsageSample after = Take(pids.All());
   auto st2 = cluster->ReplicaState();
   if (!st2.ok()) Die(st2.status(), "ReplicaState");
   if (st2->lost_chunks() > 0) Die("repair left chunks with no copy");
   out.repaired = st2->repaired_bytes() - st0->repaired_bytes();
   out.kill_to_down = absl::ToDoubleSeconds(down - killed);
   out.down_to_done = absl::ToDoubleSeconds(done - down);
-  out.cpu_coordinator = Delta(before, after, pids.coordinator).cpu;
+  out.cpu_coordinator = bench::UsageBetween(before, after, pids.coordinator).cpu_seconds;
   for (pid_t p : pids.nodes) {
-    const Usage u = Delta(before, after, p);
-    out.cpu_nodes += u.cpu;
+    const bench::Usage u = bench::UsageBetween(before, after, p);
+    out.cpu_nodes += u.cpu_seconds;
     out.nodes_received += u.received;
   }
-  out.cpu_rest =
-      after.machine_busy - before.machine_busy - out.cpu_coordinator - out.cpu_nodes;
+  out.cpu_bench = bench::UsageBetween(before, after, pids.client).cpu_seconds;
+  out.cpu_rest = after.machine_busy_seconds - before.machine_busy_seconds -
+                 out.cpu_coordinator - out.cpu_nodes - out.cpu_bench;
   cluster.reset();
   std::filesystem::remove_all(f.dir + "/repair");
   out.raw_copy = RawCopy(f.dir, std::max(out.to_copy, out.repaired));
@@ -786,14 +623,16 @@ void PrintRepair(const Flags& f, const RepairResult& r) {
       "write + fdatasync, 4 MiB blocks)\n",
       r.raw_copy, std::max(r.to_copy, r.repaired) / 1e6 / r.raw_copy);
   std::printf("repair time / raw copy time       %10.2fx\n", r.down_to_done / r.raw_copy);
+  const double repaired = static_cast<double>(std::max<uint64_t>(r.repaired, 1));
   std::printf(
-      "CPU during repair: coordinator %.2f s, survivors %.2f s = %.2f CPU-s per "
-      "GB repaired; survivors received %.2f bytes per byte repaired; rest of the "
-      "machine %.2f cores\n",
+      "CPU during repair: coordinator %.2f s, survivors %.2f s = %.2f CPU-s per GB "
+      "repaired; survivors received %.2f bytes per byte repaired\n",
       r.cpu_coordinator, r.cpu_nodes,
-      (r.cpu_coordinator + r.cpu_nodes) / (std::max<uint64_t>(r.repaired, 1) / 1e9),
-      static_cast<double>(r.nodes_received) / std::max<uint64_t>(r.repaired, 1),
-      std::max(0.0, r.cpu_rest) / r.down_to_done);
+      (r.cpu_coordinator + r.cpu_nodes) / (repaired / 1e9), r.nodes_received / repaired);
+  std::printf(
+      "meanwhile: this process (polling) %.2f cores, the rest of the machine %.2f "
+      "cores\n",
+      r.cpu_bench / r.down_to_done, std::max(0.0, r.cpu_rest) / r.down_to_done);
 }
 
 // ---- 5: restore with a replica down -------------------------------------------
@@ -868,40 +707,16 @@ void PrintRestore(const Flags& f, const std::vector<RestoreRow>& rows,
 
 // ---- main -----------------------------------------------------------------------
 
-// The first three fields of /proc/loadavg.
-std::string LoadAverage() {
-  std::ifstream in("/proc/loadavg");
-  std::string a, b, c;
-  in >> a >> b >> c;
-  return absl::StrCat(a, " ", b, " ", c);
-}
-
 void PrintMachine(const Flags& f, const std::string& load_before) {
-  std::string model = "?";
-  {
-    std::ifstream in("/proc/cpuinfo");
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("model name", 0) == 0) {
-        model = line.substr(line.find(':') + 2);
-        break;
-      }
-    }
-  }
-  utsname u;
-  uname(&u);
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  std::printf("== machine ==\n");
-  std::printf("cores: %ld online (%u hardware threads), %s\n",
-              sysconf(_SC_NPROCESSORS_ONLN), std::thread::hardware_concurrency(),
-              model.c_str());
-  std::printf("memory: %.1f GiB; kernel %s; scratch dir %s (%s)\n",
-              static_cast<double>(pages) * page / (1ull << 30), u.release, f.dir.c_str(),
-              storage::DefaultFileSystem()->IoMode().c_str());
+  std::printf("== machine ==\n%s", bench::MachineDescription().c_str());
   std::printf(
-      "all processes (client, coordinator, nodes) share these cores and one disk\n");
+      "scratch dir %s (%s); the client, the coordinator and the nodes share these "
+      "cores and one disk\n",
+      f.dir.c_str(), storage::DefaultFileSystem()->IoMode().c_str());
   std::printf(
-      "load average before the run: %s (\"rest of machine\" in table 3: the CPU other "
-      "processes and softirqs took while the saves were measured)\n",
+      "load average before the run: %s; \"rest of machine\" below: CPU charged to none "
+      "of the benchmark's processes (other processes, kernel threads, softirqs) while "
+      "it measured; well above ~0.1 core, others skewed the figures\n",
       load_before.c_str());
 }
 
@@ -962,7 +777,7 @@ int Main(int argc, char** argv) {
   }
   std::fprintf(stderr, "preparing %llu MiB of random bytes ...\n",
                static_cast<unsigned long long>(f.save_bytes >> 20));
-  const std::string load_before = LoadAverage();
+  const std::string load_before = bench::LoadAverage();
   const Pool pool(f);
   uint64_t saves = 0;  // pool windows used so far, across every job
 
