@@ -96,13 +96,20 @@ constexpr char kUsage[] =
 
 constexpr char kProgram[] = "cluster_bench";
 
-[[noreturn]] void Die(const absl::Status& s, const std::string& what) {
-  std::fprintf(stderr, "%s: %s: %s\n", kProgram, what.c_str(), s.ToString().c_str());
-  std::exit(1);
-}
+// The cluster of the measurement in progress, and the scratch directory
+// this run made: Die() stops the one and removes the other, so no server
+// outlives a failed run.
+std::unique_ptr<StorageCluster> live_cluster;
+std::string own_scratch_dir;
+
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "%s: %s\n", kProgram, what.c_str());
+  live_cluster.reset();
+  if (!own_scratch_dir.empty()) std::filesystem::remove_all(own_scratch_dir);
   std::exit(1);
+}
+[[noreturn]] void Die(const absl::Status& s, const std::string& what) {
+  Die(absl::StrCat(what, ": ", s.ToString()));
 }
 
 struct Flags {
@@ -323,14 +330,17 @@ class Job {
   std::vector<std::string> targets_;
 };
 
-std::unique_ptr<StorageCluster> StartCluster(const std::string& root,
-                                             StorageClusterOptions o) {
+// Stops the previous cluster and starts one under `root` (emptied first);
+// it lives until StopCluster() or the next StartCluster().
+StorageCluster* StartCluster(const std::string& root, StorageClusterOptions o) {
+  live_cluster.reset();
   std::filesystem::remove_all(root);
   std::filesystem::create_directories(root);
-  auto cluster = std::make_unique<StorageCluster>(root, std::move(o));
-  if (!cluster->Start()) Die("the storage cluster did not start (see above)");
-  return cluster;
+  live_cluster = std::make_unique<StorageCluster>(root, std::move(o));
+  if (!live_cluster->Start()) Die("the storage cluster did not start (see above)");
+  return live_cluster.get();
 }
+void StopCluster() { live_cluster.reset(); }
 
 std::optional<v1::NodeState> StateOf(StorageCluster& cluster, const std::string& id) {
   absl::StatusOr<v1::NodeMap> map = cluster.Map();
@@ -420,6 +430,7 @@ std::vector<ThroughputRow> RunThroughput(const Flags& f, const Pool& pool,
       rows.push_back(row);
     }
   }
+  StopCluster();
   return rows;
 }
 
@@ -598,7 +609,7 @@ RepairResult RunRepair(const Flags& f, const Pool& pool, uint64_t* counter) {
   out.cpu_bench = bench::UsageBetween(before, after, pids.client).cpu_seconds;
   out.cpu_rest = after.machine_busy_seconds - before.machine_busy_seconds -
                  out.cpu_coordinator - out.cpu_nodes - out.cpu_bench;
-  cluster.reset();
+  StopCluster();
   std::filesystem::remove_all(f.dir + "/repair");
   out.raw_copy = RawCopy(f.dir, std::max(out.to_copy, out.repaired));
   return out;
@@ -680,7 +691,7 @@ std::vector<RestoreRow> RunRestore(const Flags& f, const Pool& pool, uint64_t* c
     }
     timed("node 0 DOWN", victim);
   }
-  cluster.reset();
+  StopCluster();
   std::filesystem::remove_all(f.dir + "/restore");
   return rows;
 }
@@ -774,6 +785,7 @@ int Main(int argc, char** argv) {
     if (mkdtemp(tmpl.data()) == nullptr)
       Die("cannot create a scratch dir here; pass --dir");
     f.dir = tmpl;
+    own_scratch_dir = tmpl;
   }
   std::fprintf(stderr, "preparing %llu MiB of random bytes ...\n",
                static_cast<unsigned long long>(f.save_bytes >> 20));
