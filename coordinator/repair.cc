@@ -3,6 +3,9 @@
 #include <rocksdb/db.h>
 
 #include <algorithm>
+#include <atomic>
+#include <map>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -132,70 +135,91 @@ absl::StatusOr<uint64_t> ClusterTier::RepairPass() {
                  short_chunks, lost, plan.size());
   }
 
-  // Execute in plan order, batching consecutive copies to the same target,
-  // paced to repair_bytes_per_sec.
-  uint64_t made = 0;
+  // Execute: one worker per target node, all targets at once, each taking
+  // its copies in plan order (newest checkpoint first) in batches; the
+  // total is paced to repair_bytes_per_sec.
+  std::map<std::string, std::vector<const Copy*>> per_target;
+  for (const auto& [target, copy] : plan) per_target[target].push_back(&copy);
   const absl::Time start = absl::Now();
-  uint64_t moved = 0;
-  size_t i = 0;
-  while (i < plan.size()) {
-    {
-      absl::ReaderMutexLock lock(&mu_);
-      if (stop_) break;
-    }
-    const std::string target = plan[i].first;
-    std::vector<ChunkId> ids;
-    std::vector<std::string> sources;
-    uint64_t bytes = 0;
-    size_t j = i;
-    for (; j < plan.size() && plan[j].first == target &&
-           ids.size() < kRepairBatchChunks && bytes < kRepairBatchBytes;
-         ++j) {
-      ids.push_back(plan[j].second.id);
-      bytes += plan[j].second.length;
-      for (const std::string& s : plan[j].second.sources) {
-        if (std::find(sources.begin(), sources.end(), s) == sources.end()) {
-          sources.push_back(s);
+  std::atomic<uint64_t> made{0}, moved{0};
+  absl::Mutex error_mu;
+  absl::Status error;
+  auto worker = [&](const std::string& target, const std::vector<const Copy*>& copies) {
+    const std::string address = nodes[target].address();
+    size_t i = 0;
+    while (i < copies.size()) {
+      {
+        absl::ReaderMutexLock lock(&mu_);
+        if (stop_) return;
+      }
+      std::vector<ChunkId> ids;
+      std::vector<std::string> sources;
+      uint64_t bytes = 0;
+      for (; i < copies.size() && ids.size() < kRepairBatchChunks &&
+             bytes < kRepairBatchBytes;
+           ++i) {
+        ids.push_back(copies[i]->id);
+        bytes += copies[i]->length;
+        for (const std::string& s : copies[i]->sources) {
+          if (std::find(sources.begin(), sources.end(), s) == sources.end()) {
+            sources.push_back(s);
+          }
         }
       }
-    }
-    i = j;
-    // Pace: the bytes moved so far may not run ahead of the budget.
-    if (options_.repair_bytes_per_sec > 0) {
-      const absl::Duration due =
-          absl::Seconds(static_cast<double>(moved) /
-                        static_cast<double>(options_.repair_bytes_per_sec));
-      const absl::Duration ahead = due - (absl::Now() - start);
-      if (ahead > absl::ZeroDuration()) absl::SleepFor(std::min(ahead, absl::Seconds(5)));
-    }
-    const std::string address = nodes[target].address();
-    absl::StatusOr<internal_client::StorageClient*> client = ClientFor(address);
-    if (!client.ok()) continue;
-    absl::StatusOr<v1::ReplicateChunksResponse> resp = (*client)->Replicate(ids, sources);
-    if (!resp.ok()) {
-      SNAPBACK_LOG(Warning, "repair: node %s (%s) could not copy %d chunk(s): %s", target,
-                   address, ids.size(), resp.status().ToString());
-      continue;
-    }
-    absl::flat_hash_set<std::string> failed(resp->failed_ids().begin(),
-                                            resp->failed_ids().end());
-    std::vector<std::pair<ChunkId, std::vector<std::string>>> found;
-    for (const ChunkId& id : ids) {
-      if (!failed.contains(std::string(id.AsBytes()))) found.push_back({id, {target}});
-    }
-    SNAPBACK_RETURN_IF_ERROR(AddLocations(found));
-    made += found.size();
-    moved += resp->bytes();
-    {
+      // Pace: the bytes moved so far may not run ahead of the budget.
+      if (options_.repair_bytes_per_sec > 0) {
+        const absl::Duration due =
+            absl::Seconds(static_cast<double>(moved.load()) /
+                          static_cast<double>(options_.repair_bytes_per_sec));
+        const absl::Duration ahead = due - (absl::Now() - start);
+        if (ahead > absl::ZeroDuration())
+          absl::SleepFor(std::min(ahead, absl::Seconds(5)));
+      }
+      absl::StatusOr<internal_client::StorageClient*> client = ClientFor(address);
+      if (!client.ok()) return;
+      absl::StatusOr<v1::ReplicateChunksResponse> resp =
+          (*client)->Replicate(ids, sources);
+      if (!resp.ok()) {
+        SNAPBACK_LOG(Warning, "repair: node %s (%s) could not copy %d chunk(s): %s",
+                     target, address, ids.size(), resp.status().ToString());
+        return;  // the next pass tries again (maybe elsewhere)
+      }
+      absl::flat_hash_set<std::string> failed(resp->failed_ids().begin(),
+                                              resp->failed_ids().end());
+      std::vector<std::pair<ChunkId, std::vector<std::string>>> found;
+      for (const ChunkId& id : ids) {
+        if (!failed.contains(std::string(id.AsBytes()))) found.push_back({id, {target}});
+      }
+      absl::Status recorded = AddLocations(found);
+      if (!recorded.ok()) {
+        absl::MutexLock lock(&error_mu);
+        if (error.ok()) error = recorded;
+        return;
+      }
+      made += found.size();
+      moved += resp->bytes();
       absl::MutexLock lock(&stats_mu_);
       repaired_chunks_ += found.size();
       repaired_bytes_ += resp->bytes();
       const double secs = absl::ToDoubleSeconds(absl::Now() - start);
-      if (secs > 0) repair_rate_ = static_cast<double>(moved) / secs;
+      if (secs > 0) repair_rate_ = static_cast<double>(moved.load()) / secs;
     }
+  };
+  {
+    std::vector<std::thread> workers;
+    for (const auto& [target, copies] : per_target) {
+      workers.emplace_back(worker, std::cref(target), std::cref(copies));
+    }
+    for (auto& t : workers) t.join();
   }
-  if (made > 0) SNAPBACK_LOG(Info, "repair: made %d copies (%d bytes)", made, moved);
-  return made;
+  {
+    absl::MutexLock lock(&error_mu);
+    SNAPBACK_RETURN_IF_ERROR(error);
+  }
+  if (made > 0) {
+    SNAPBACK_LOG(Info, "repair: made %d copies (%d bytes)", made.load(), moved.load());
+  }
+  return made.load();
 }
 
 absl::Status ClusterTier::ReconcileNow() {
