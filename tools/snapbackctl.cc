@@ -122,7 +122,10 @@ std::string Age(int64_t unix_ms) {
   return absl::StrCat(absl::ToInt64Hours(d) / 24, "d");
 }
 
-std::string Mb(uint64_t bytes) { return absl::StrFormat("%.1f MB", bytes / 1e6); }
+std::string Mb(uint64_t bytes) {
+  if (bytes >= 10'000'000'000ull) return absl::StrFormat("%.1f GB", bytes / 1e9);
+  return absl::StrFormat("%.1f MB", bytes / 1e6);
+}
 
 int64_t ParseStep(const std::string& text) {
   int64_t step = -1;
@@ -353,7 +356,7 @@ class Ctl {
     if (!s.ok()) return Fail(s, absl::StrCat("setting the restore target of ", job));
     v1::RestartJobRequest restart;
     restart.set_job_id(job);
-    restart.set_reason(absl::StrCat("operator restore to step ", step, ": ", reason));
+    restart.set_reason(reason);
     v1::JobHealth health;
     s = detector_->RestartJob(Ctx().get(), restart, &health);
     if (!s.ok()) {
