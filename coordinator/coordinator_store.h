@@ -150,6 +150,11 @@ class CoordinatorStore final : public CatalogView {
   absl::StatusOr<v1::JobInfo> AdvanceIncarnation(absl::string_view job_id,
                                                  int64_t at_least = 0);
   absl::Status PutIncident(const v1::Incident& incident);
+  // The operator audit log ("a/<seq:8>"): appends `entry` with the next
+  // sequence number (synced); lists the last `limit` (0 = 1000), oldest
+  // first.
+  absl::Status AppendAudit(v1::AuditEntry entry);
+  absl::StatusOr<std::vector<v1::AuditEntry>> ListAudit(int limit);
   absl::StatusOr<std::vector<v1::Incident>> ListIncidents(absl::string_view job_id);
 
   // Retention, lease expiry, and chunk deletion (see the header comment).

@@ -130,6 +130,49 @@ absl::StatusOr<std::vector<v1::Incident>> CoordinatorStore::ListIncidents(
   return out;
 }
 
+absl::Status CoordinatorStore::AppendAudit(v1::AuditEntry entry) {
+  constexpr absl::string_view kAuditPrefix = "a/";
+  if (entry.reason().size() > 1024) entry.mutable_reason()->resize(1024);
+  if (entry.outcome().size() > 1024) entry.mutable_outcome()->resize(1024);
+  absl::MutexLock lock(&mu_);
+  // The next sequence number: one past the last key of the table.
+  uint64_t seq = 0;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    it->SeekForPrev("a0");  // '0' sorts right after '/': the table's end
+    if (it->Valid() && it->key().starts_with(Sl(kAuditPrefix)) &&
+        it->key().size() == 10) {
+      seq = internal::GetBE(absl::string_view(it->key().data() + 2, 8), 8) + 1;
+    }
+    SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan audit log"));
+  }
+  entry.set_seq(static_cast<int64_t>(seq));
+  std::string key(kAuditPrefix);
+  PutBE(&key, seq, 8);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db_->Put(wo, Sl(key), entry.SerializeAsString()), "write audit log");
+}
+
+absl::StatusOr<std::vector<v1::AuditEntry>> CoordinatorStore::ListAudit(int limit) {
+  if (limit <= 0) limit = 1000;
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<v1::AuditEntry> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->SeekForPrev("a0");
+       it->Valid() && it->key().starts_with("a/") && static_cast<int>(out.size()) < limit;
+       it->Prev()) {
+    v1::AuditEntry e;
+    if (!e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError("malformed audit record");
+    }
+    out.push_back(std::move(e));
+  }
+  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan audit log"));
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
 absl::StatusOr<v1::ListJobsResponse> CoordinatorStore::ListJobs() {
   absl::ReaderMutexLock lock(&mu_);
   SNAPBACK_ASSIGN_OR_RETURN(std::vector<JobInfo> jobs, LoadJobs());

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/audit.h"
 
 namespace snapback::server {
 namespace {
@@ -111,49 +112,73 @@ grpc::ServerUnaryReactor* CoordinatorServiceImpl::ListCheckpoints(
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::PinCheckpoint(
     grpc::CallbackServerContext* ctx, const v1::PinCheckpointRequest* req,
     v1::CheckpointInfo* resp) {
-  return Run(ctx, "PinCheckpoint", [this, req, resp] {
-    return Fill(store_->PinCheckpoint(req->job_id(), req->step(), true), resp);
+  return Run(ctx, "PinCheckpoint", [this, req, resp, who = Caller(ctx)] {
+    absl::Status s = Fill(store_->PinCheckpoint(req->job_id(), req->step(), true), resp);
+    Audit(store_, who, "pin", req->job_id(), req->step(), req->reason(), s);
+    return s;
   });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::UnpinCheckpoint(
     grpc::CallbackServerContext* ctx, const v1::PinCheckpointRequest* req,
     v1::CheckpointInfo* resp) {
-  return Run(ctx, "UnpinCheckpoint", [this, req, resp] {
-    return Fill(store_->PinCheckpoint(req->job_id(), req->step(), false), resp);
+  return Run(ctx, "UnpinCheckpoint", [this, req, resp, who = Caller(ctx)] {
+    absl::Status s = Fill(store_->PinCheckpoint(req->job_id(), req->step(), false), resp);
+    Audit(store_, who, "unpin", req->job_id(), req->step(), req->reason(), s);
+    return s;
   });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::DeleteCheckpoint(
     grpc::CallbackServerContext* ctx, const v1::DeleteCheckpointRequest* req,
     v1::DeleteCheckpointResponse* resp) {
-  return Run(ctx, "DeleteCheckpoint", [this, req, resp] {
-    return Fill(store_->DeleteCheckpoint(req->job_id(), req->step()), resp);
+  return Run(ctx, "DeleteCheckpoint", [this, req, resp, who = Caller(ctx)] {
+    absl::Status s = Fill(store_->DeleteCheckpoint(req->job_id(), req->step()), resp);
+    Audit(store_, who, "delete", req->job_id(), req->step(), req->reason(), s);
+    return s;
   });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::SetRestoreTarget(
     grpc::CallbackServerContext* ctx, const v1::SetRestoreTargetRequest* req,
     v1::JobInfo* resp) {
-  return Run(ctx, "SetRestoreTarget", [this, req, resp] {
-    return Fill(store_->SetRestoreTarget(req->job_id(), req->step()), resp);
+  return Run(ctx, "SetRestoreTarget", [this, req, resp, who = Caller(ctx)] {
+    absl::Status s = Fill(store_->SetRestoreTarget(req->job_id(), req->step()), resp);
+    Audit(store_, who, "set-restore-target", req->job_id(), req->step(), req->reason(),
+          s);
+    return s;
   });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::ClearRestoreTarget(
     grpc::CallbackServerContext* ctx, const v1::DescribeJobRequest* req,
     v1::JobInfo* resp) {
-  return Run(ctx, "ClearRestoreTarget", [this, req, resp] {
-    return Fill(store_->ClearRestoreTarget(req->job_id()), resp);
+  return Run(ctx, "ClearRestoreTarget", [this, req, resp, who = Caller(ctx)] {
+    absl::Status s = Fill(store_->ClearRestoreTarget(req->job_id()), resp);
+    Audit(store_, who, "clear-restore-target", req->job_id(), -1, req->reason(), s);
+    return s;
   });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::CollectGarbage(
     grpc::CallbackServerContext* ctx, const v1::CollectGarbageRequest* req,
     v1::CollectGarbageResponse* resp) {
-  (void)req;
-  return Run(ctx, "CollectGarbage",
-             [this, resp] { return Fill(store_->CollectGarbage(), resp); });
+  return Run(ctx, "CollectGarbage", [this, req, resp, who = Caller(ctx)] {
+    absl::Status s = Fill(store_->CollectGarbage(), resp);
+    Audit(store_, who, "gc", "", -1, req->reason(), s);
+    return s;
+  });
+}
+
+grpc::ServerUnaryReactor* CoordinatorServiceImpl::ListAudit(
+    grpc::CallbackServerContext* ctx, const v1::ListAuditRequest* req,
+    v1::ListAuditResponse* resp) {
+  return Run(ctx, "ListAudit", [this, req, resp]() -> absl::Status {
+    absl::StatusOr<std::vector<v1::AuditEntry>> entries = store_->ListAudit(req->limit());
+    if (!entries.ok()) return entries.status();
+    for (v1::AuditEntry& e : *entries) *resp->add_entries() = std::move(e);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace snapback::server

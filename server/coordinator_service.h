@@ -90,6 +90,9 @@ class CoordinatorServiceImpl final
   grpc::ServerUnaryReactor* CollectGarbage(grpc::CallbackServerContext* ctx,
                                            const v1::CollectGarbageRequest* req,
                                            v1::CollectGarbageResponse* resp) override;
+  grpc::ServerUnaryReactor* ListAudit(grpc::CallbackServerContext* ctx,
+                                      const v1::ListAuditRequest* req,
+                                      v1::ListAuditResponse* resp) override;
 
   // Called (on a pool thread) after each CommitRank that leaves its
   // checkpoint COMMITTED; the failure detector uses it for the restart-loop

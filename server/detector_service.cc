@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "rpc/grpc_status.h"
+#include "server/audit.h"
 
 namespace snapback::server {
 
@@ -416,14 +417,17 @@ grpc::ServerUnaryReactor* DetectorServiceImpl::ListIncidents(
 grpc::ServerUnaryReactor* DetectorServiceImpl::RestartJob(
     grpc::CallbackServerContext* ctx, const v1::RestartJobRequest* req,
     v1::JobHealth* resp) {
-  return rpc::RunOnPool(ctx, pool_, &calls_, "RestartJob", [this, req, resp] {
-    absl::Status s = detector_->RequestRestart(req->job_id(), req->reason());
-    if (!s.ok()) return s;
-    absl::StatusOr<v1::JobHealth> h = detector_->Health(req->job_id());
-    if (!h.ok()) return h.status();
-    *resp = *std::move(h);
-    return absl::OkStatus();
-  });
+  return rpc::RunOnPool(
+      ctx, pool_, &calls_, "RestartJob", [this, req, resp, who = Caller(ctx)] {
+        absl::Status s = detector_->RequestRestart(req->job_id(), req->reason());
+        if (store_ != nullptr)
+          Audit(store_, who, "restart", req->job_id(), -1, req->reason(), s);
+        if (!s.ok()) return s;
+        absl::StatusOr<v1::JobHealth> h = detector_->Health(req->job_id());
+        if (!h.ok()) return h.status();
+        *resp = *std::move(h);
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace snapback::server

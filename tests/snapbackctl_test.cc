@@ -139,6 +139,24 @@ TEST_F(SnapbackctlTest, PinDeleteAndGcWithTheirRefusals) {
   EXPECT_EQ(gc.code, 0);
   EXPECT_TRUE(absl::StrContains(gc.out, "chunks_deleted")) << gc.out;
   EXPECT_FALSE(absl::StrContains(gc.out, "\"chunks_deleted\": \"0\"")) << gc.out;
+
+  // Every action is in the audit log, refused ones with their error.
+  CtlRun audit = Ctl(endpoint_, {"--json", "audit"});
+  EXPECT_EQ(audit.code, 0);
+  auto count = [&](const std::string& needle) {
+    int n = 0;
+    for (size_t at = 0; (at = audit.out.find(needle, at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("\"action\": \"pin\""), 1) << audit.out;
+  EXPECT_EQ(count("\"action\": \"delete\""), 3) << audit.out;  // 1 refused, 2 done
+  EXPECT_EQ(count("\"action\": \"gc\""), 1) << audit.out;
+  EXPECT_EQ(count("\"reason\": \"cleanup\""), 3) << audit.out;
+  EXPECT_TRUE(absl::StrContains(audit.out, "FAILED_PRECONDITION")) << audit.out;
+  EXPECT_TRUE(absl::StrContains(audit.out, "\"who\": \"ipv4:127.0.0.1:")) << audit.out;
+  CtlRun table = Ctl(endpoint_, {"audit"});
+  EXPECT_EQ(table.code, 0);
+  EXPECT_TRUE(absl::StrContains(table.out, "OUTCOME")) << table.out;
 }
 
 TEST_F(SnapbackctlTest, BadInputIsOneLineAndADocumentedExitCode) {
@@ -244,6 +262,11 @@ TEST(SnapbackctlRestoreTest, ForcedRestoreRestartsTheJobAtTheChosenStep) {
       << incidents.out;
   CtlRun jobs = Ctl(endpoint, {"--json", "jobs"});
   EXPECT_TRUE(absl::StrContains(jobs.out, "\"restore_target\": \"-1\"")) << jobs.out;
+  CtlRun audit = Ctl(endpoint, {"audit"});
+  for (const char* action : {"set-restore-target", "restart", "clear-restore-target"}) {
+    EXPECT_TRUE(absl::StrContains(audit.out, action)) << audit.out;
+  }
+  EXPECT_TRUE(absl::StrContains(audit.out, "bad data after 10")) << audit.out;
 }
 
 }  // namespace

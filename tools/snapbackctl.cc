@@ -15,6 +15,7 @@
 //   restart JOB --reason R            restart the job now from its latest checkpoint
 //   incidents JOB                     the failure detector's incident log
 //   nodes                             storage cluster: node states, space, replica state
+//   audit                             every operator action: who, when, why, outcome
 //
 // Exit codes (docs/operators.md): 0 done; 1 the server refused or failed
 // (the message says why and what to do); 2 bad command line; 3 the
@@ -65,7 +66,7 @@ constexpr char kUsage[] =
     "          delete JOB STEP --reason R [--force] | gc |\n"
     "          restore JOB --step N --reason R [--keep-target] | restart JOB --reason R "
     "|\n"
-    "          incidents JOB | nodes\n"
+    "          incidents JOB | nodes | audit\n"
     "\n"
     "The operator's view of a snapback coordinator. Exit codes: 0 done, 1 refused or\n"
     "failed by the server, 2 bad command line, 3 coordinator unreachable, 4 not found.";
@@ -265,6 +266,7 @@ class Ctl {
     v1::PinCheckpointRequest req;
     req.set_job_id(job);
     req.set_step(step);
+    req.set_reason(absl::GetFlag(FLAGS_reason));
     v1::CheckpointInfo resp;
     grpc::Status s = pin ? coordinator_->PinCheckpoint(Ctx().get(), req, &resp)
                          : coordinator_->UnpinCheckpoint(Ctx().get(), req, &resp);
@@ -298,6 +300,7 @@ class Ctl {
     v1::PinCheckpointRequest pin;
     pin.set_job_id(job);
     pin.set_step(step);
+    pin.set_reason(absl::StrCat("delete --force: ", reason));
     if (force) {
       v1::CheckpointInfo unpinned;
       s = coordinator_->UnpinCheckpoint(Ctx().get(), pin, &unpinned);
@@ -306,6 +309,7 @@ class Ctl {
     v1::DeleteCheckpointRequest req;
     req.set_job_id(job);
     req.set_step(step);
+    req.set_reason(reason);
     v1::DeleteCheckpointResponse resp;
     s = coordinator_->DeleteCheckpoint(Ctx().get(), req, &resp);
     if (!s.ok()) {
@@ -329,8 +333,9 @@ class Ctl {
 
   int Gc() {
     v1::CollectGarbageResponse resp;
-    grpc::Status s =
-        coordinator_->CollectGarbage(Ctx().get(), v1::CollectGarbageRequest(), &resp);
+    v1::CollectGarbageRequest req;
+    req.set_reason(absl::GetFlag(FLAGS_reason));
+    grpc::Status s = coordinator_->CollectGarbage(Ctx().get(), req, &resp);
     if (!s.ok()) return Fail(s, "garbage collection");
     if (json_) {
       PrintJson(resp);
@@ -351,6 +356,7 @@ class Ctl {
     v1::SetRestoreTargetRequest target;
     target.set_job_id(job);
     target.set_step(step);
+    target.set_reason(reason);
     v1::JobInfo info;
     grpc::Status s = coordinator_->SetRestoreTarget(Ctx().get(), target, &info);
     if (!s.ok()) return Fail(s, absl::StrCat("setting the restore target of ", job));
@@ -364,6 +370,7 @@ class Ctl {
       // restart.
       v1::DescribeJobRequest clear;
       clear.set_job_id(job);
+      clear.set_reason("the restart was refused");
       v1::JobInfo cleared;
       (void)coordinator_->ClearRestoreTarget(Ctx().get(), clear, &cleared);
       return Fail(s, absl::StrCat("restarting ", job, " (restore target cleared again)"));
@@ -407,6 +414,7 @@ class Ctl {
       }
       v1::DescribeJobRequest clear;
       clear.set_job_id(job);
+      clear.set_reason(absl::StrCat("the job restored step ", step));
       v1::JobInfo cleared;
       s = coordinator_->ClearRestoreTarget(Ctx().get(), clear, &cleared);
       if (!s.ok()) return Fail(s, "clearing the restore target");
@@ -459,6 +467,31 @@ class Ctl {
                   span(i.detected_unix_ms(), i.first_new_step_unix_ms()).c_str(),
                   i.restored_step() < 0 ? "-" : absl::StrCat(i.restored_step()).c_str(),
                   i.reason().c_str());
+    }
+    return kOk;
+  }
+
+  int AuditLog() {
+    v1::ListAuditRequest req;
+    v1::ListAuditResponse resp;
+    grpc::Status s = coordinator_->ListAudit(Ctx().get(), req, &resp);
+    if (!s.ok()) return Fail(s, "reading the audit log");
+    if (json_) {
+      PrintJson(resp);
+      return kOk;
+    }
+    std::printf("%5s %-24s %-22s %-21s %-16s %6s %-20s %s\n", "SEQ", "WHEN (UTC)", "WHO",
+                "ACTION", "JOB", "STEP", "REASON", "OUTCOME");
+    for (const v1::AuditEntry& e : resp.entries()) {
+      std::printf("%5lld %-24s %-22s %-21s %-16s %6s %-20s %s\n",
+                  static_cast<long long>(e.seq()),
+                  absl::FormatTime("%Y-%m-%d %H:%M:%E3S",
+                                   absl::FromUnixMillis(e.unix_ms()), absl::UTCTimeZone())
+                      .c_str(),
+                  e.who().c_str(), e.action().c_str(),
+                  e.job_id().empty() ? "-" : e.job_id().c_str(),
+                  e.step() < 0 ? "-" : absl::StrCat(e.step()).c_str(),
+                  e.reason().empty() ? "-" : e.reason().c_str(), e.outcome().c_str());
     }
     return kOk;
   }
@@ -595,7 +628,11 @@ int main(int argc, char** argv) {
     want(0, "");
     return ctl.Nodes();
   }
+  if (cmd == "audit") {
+    want(0, "");
+    return ctl.AuditLog();
+  }
   Usage(absl::StrCat("unknown command '", cmd,
                      "'; use jobs, checkpoints, show, pin, unpin, delete, gc, restore, "
-                     "restart, incidents or nodes"));
+                     "restart, incidents, nodes or audit"));
 }
