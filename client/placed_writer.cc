@@ -66,7 +66,10 @@ absl::Status PlacedPut(Connection* conn, const ClusterView& view,
         subset.push_back(chunks[i]);
         std::vector<uint32_t> fwd;
         if (plan.copies > 0) {
-          for (size_t k = first[i] + 1; k < order[i].size(); ++k) {
+          // The next copies-1 candidates and 3 spares to fail over to: the
+          // node takes at most 64 peers, and a longer list buys nothing.
+          const size_t last = std::min(order[i].size(), first[i] + 1 + plan.copies + 3);
+          for (size_t k = first[i] + 1; k < last; ++k) {
             const int node = order[i][k];
             auto [it, added] = peer_index.emplace(node, plan.peers.size());
             if (added) plan.peers.push_back(view.nodes[node].address());

@@ -219,6 +219,9 @@ absl::Status FetchAll(
             absl::Status s;
             if (got.ok()) {
               s = place(i, (*got)[k]);
+            } else if (absl::IsUnavailable(got.status()) ||
+                       absl::IsDeadlineExceeded(got.status())) {
+              s = got.status();  // the node is unreachable: no per-chunk retry
             } else {
               // The node failed the whole call (e.g. one corrupt record ends
               // the stream): ask for each chunk alone so the good ones still

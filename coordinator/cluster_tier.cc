@@ -237,7 +237,10 @@ absl::StatusOr<uint64_t> ClusterTier::Delete(absl::Span<const ChunkId> ids) {
       const v1::NodeState st = node.info.state();
       if (st == v1::NODE_DOWN || st == v1::NODE_REMOVED) continue;
       targets.emplace_back(id, node.info.address());
-      if (st == v1::NODE_UP || st == v1::NODE_DRAINING) must.insert(id);
+      // A DRAINING node is not moved on by silence, so it is required only
+      // while it still heartbeats.
+      const bool heard = clock_->Monotonic() - node.last_seen < options_.suspect_after;
+      if (st == v1::NODE_UP || (st == v1::NODE_DRAINING && heard)) must.insert(id);
     }
   }
   std::vector<absl::StatusOr<int>> results(targets.size(), 0);

@@ -152,6 +152,13 @@ class ClusterTier final : public ChunkTier {
   // Reconciles every node that needs it now.
   absl::Status ReconcileNow();
 
+  // Set (durably) when the coordinator's catalogue was rebuilt from the
+  // tier: from then on reconciliation never deletes a node's copies that the
+  // catalogue does not know (they may belong to checkpoints whose records
+  // the rebuild did not see). docs/cluster.md.
+  absl::Status MarkRebuilt();
+  bool rebuilt();
+
  private:
   ClusterTier(std::string dir, ClusterOptions options, std::unique_ptr<rocksdb::DB> db);
 
@@ -183,6 +190,7 @@ class ClusterTier final : public ChunkTier {
 
   // repair.cc
   void Loop();
+  void TickLoop();
   absl::StatusOr<uint64_t> RepairPass();
   absl::Status Reconcile(const std::string& node_id);
   void Wake();
@@ -221,6 +229,7 @@ class ClusterTier final : public ChunkTier {
   double repair_rate_ ABSL_GUARDED_BY(stats_mu_) = 0;
 
   std::thread loop_;
+  std::thread ticker_;
 };
 
 }  // namespace snapback::coordinator

@@ -120,10 +120,17 @@ TEST_F(ClusterTierTest, HeartbeatCarriesTheMapOnlyWhenItChanged) {
   EXPECT_TRUE(r->reregister());
 }
 
-TEST_F(ClusterTierTest, AnUnreconciledNodeTakesNoChunks) {
+TEST_F(ClusterTierTest, AnUnreconciledNodeTakesNoChunksButCountsForTheDefaultCopies) {
   ASSERT_TRUE(tier_->Register(Node("a", "127.0.0.1:1")).ok());
-  EXPECT_EQ(tier_->DefaultReplication(), 0);  // not reconciled yet
-  EXPECT_TRUE(tier_->WritableNodes().empty());
+  ASSERT_TRUE(tier_->Register(Node("b", "127.0.0.1:2")).ok());
+  EXPECT_TRUE(tier_->WritableNodes().empty());  // not reconciled yet
+  // A member being checked must not make new checkpoints keep 1 copy.
+  EXPECT_EQ(tier_->DefaultReplication(), 2);
+  v1::NodeHeartbeatRequest full;
+  full.set_node_id("b");
+  full.set_full(true);
+  ASSERT_TRUE(tier_->Heartbeat(full).ok());
+  EXPECT_EQ(tier_->DefaultReplication(), 1);  // a full node is not counted
 }
 
 TEST_F(ClusterTierTest, OperatorStatesAndRemovedNodesCannotReturn) {

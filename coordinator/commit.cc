@@ -54,6 +54,13 @@ absl::StatusOr<int> CoordinatorStore::ReplicationFor(const JobInfo& job) {
         "nodes with `snapback-server --role storage --coordinator HOST:PORT` or free "
         "space on them, then retry");
   }
+  if (want > writable && job.replication() == 0) {
+    // A member node is restarting or being reconciled: wait for it rather
+    // than commit this checkpoint to fewer copies for good.
+    return absl::UnavailableError(absl::StrCat(
+        "only ", writable, " storage node(s) can take chunks now and this job keeps ",
+        want, " copies; a node is restarting or being checked: retry the save shortly"));
+  }
   if (want > writable) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", job.job_id(), " wants ", want, " copies of every chunk but only ",

@@ -64,6 +64,7 @@ absl::StatusOr<std::unique_ptr<ClusterTier>> ClusterTier::Open(const std::string
       new ClusterTier(dir, std::move(options), std::unique_ptr<rocksdb::DB>(raw)));
   SNAPBACK_RETURN_IF_ERROR(tier->LoadNodes());
   tier->loop_ = std::thread([t = tier.get()] { t->Loop(); });
+  tier->ticker_ = std::thread([t = tier.get()] { t->TickLoop(); });
   return tier;
 }
 
@@ -92,6 +93,19 @@ void ClusterTier::Stop() {
     catalog_ = nullptr;
   }
   if (loop_.joinable()) loop_.join();
+  if (ticker_.joinable()) ticker_.join();
+}
+
+bool ClusterTier::rebuilt() {
+  std::string value;
+  return db_->Get(rocksdb::ReadOptions(), "rebuilt", &value).ok();
+}
+
+absl::Status ClusterTier::MarkRebuilt() {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db_->Put(wo, "rebuilt", absl::StrCat(absl::ToUnixMillis(absl::Now()))),
+                   "write");
 }
 
 absl::Status ClusterTier::LoadNodes() {
@@ -326,7 +340,16 @@ std::vector<v1::NodeInfo> ClusterTier::WritableNodes() {
 }
 
 int ClusterTier::DefaultReplication() {
-  return std::min<int>(2, static_cast<int>(WritableNodes().size()));
+  // Counted over the nodes that are members now (UP or SUSPECT, reconciled
+  // or not, not full), not only the writable ones: a node restarting or
+  // being reconciled must not lock new checkpoints in at one copy.
+  absl::ReaderMutexLock lock(&mu_);
+  int members = 0;
+  for (const auto& [id, node] : nodes_) {
+    const v1::NodeState st = node.info.state();
+    if ((st == v1::NODE_UP || st == v1::NODE_SUSPECT) && !node.info.full()) ++members;
+  }
+  return std::min(2, members);
 }
 
 std::vector<v1::NodeInfo> ClusterTier::ReadableNodes() {

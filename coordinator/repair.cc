@@ -32,8 +32,23 @@ struct CommittedChunk {
 
 }  // namespace
 
+void ClusterTier::TickLoop() {
+  // Node states move with the clock even while a long repair pass or a
+  // reconciliation runs on the other thread.
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(250));
+    if (stop_) return;
+    mu_.Unlock();
+    Tick();
+    DrainRetractions();
+    mu_.Lock();
+  }
+}
+
 void ClusterTier::Loop() {
   absl::Time last_pass = absl::InfinitePast();
+  absl::Duration backoff = absl::Milliseconds(250);
   for (;;) {
     bool run = false;
     {
@@ -45,17 +60,23 @@ void ClusterTier::Loop() {
             (wake_ || absl::Now() - last_pass >= options_.repair_interval);
       if (run) wake_ = false;
     }
-    Tick();
-    DrainRetractions();
     if (!run) continue;
     last_pass = absl::Now();
     absl::Status s = ReconcileNow();
     if (!s.ok()) SNAPBACK_LOG(Warning, "reconciling storage nodes: %s", s.ToString());
     absl::StatusOr<uint64_t> repaired = RepairPass();
     if (!repaired.ok()) {
-      SNAPBACK_LOG(Warning, "repair pass failed (retrying): %s",
-                   repaired.status().ToString());
-      Wake();
+      SNAPBACK_LOG(Warning, "repair pass failed (retrying in %s): %s",
+                   absl::FormatDuration(backoff), repaired.status().ToString());
+    }
+    if (!s.ok() || !repaired.ok()) {
+      // Try again, but not in a hot loop.
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(30));
+      wake_ = true;
+    } else {
+      backoff = absl::Milliseconds(250);
     }
   }
 }
@@ -145,7 +166,7 @@ absl::StatusOr<uint64_t> ClusterTier::RepairPass() {
   absl::Mutex error_mu;
   absl::Status error;
   auto worker = [&](const std::string& target, const std::vector<const Copy*>& copies) {
-    const std::string address = nodes[target].address();
+    const std::string address = nodes.at(target).address();
     size_t i = 0;
     while (i < copies.size()) {
       {
@@ -259,7 +280,7 @@ absl::Status ClusterTier::Reconcile(const std::string& node_id) {
   // 1. What the node holds, page by page: copies nobody wants any more are
   //    deleted; wanted ones are verified, and only good ones are recorded.
   absl::flat_hash_set<ChunkId> held;
-  uint64_t dropped = 0, kept = 0, bad = 0;
+  uint64_t dropped = 0, kept = 0, bad = 0, kept_unknown = 0;
   std::string after;
   for (;;) {
     SNAPBACK_ASSIGN_OR_RETURN(v1::ListChunksResponse page,
@@ -274,6 +295,13 @@ absl::Status ClusterTier::Reconcile(const std::string& node_id) {
     SNAPBACK_ASSIGN_OR_RETURN(std::vector<bool> wanted, catalog->Wanted(ids));
     std::vector<ChunkId> drop, check;
     for (size_t i = 0; i < ids.size(); ++i) (wanted[i] ? check : drop).push_back(ids[i]);
+    if (!drop.empty() && rebuilt()) {
+      // A rebuilt catalogue may be missing checkpoints whose records were on
+      // nodes the rebuild did not read: what looks unwanted may be all that
+      // is left of them. Keep it (space, not data, is what this costs).
+      kept_unknown += drop.size();
+      drop.clear();
+    }
     if (!drop.empty()) {
       SNAPBACK_ASSIGN_OR_RETURN(int n, client->Delete(drop));
       dropped += n;
@@ -321,11 +349,11 @@ absl::Status ClusterTier::Reconcile(const std::string& node_id) {
     }
     wake_ = true;  // its copies count now: re-plan repair
   }
-  SNAPBACK_LOG(
-      Info,
-      "storage node %s reconciled: %d verified copies kept, %d unwanted dropped, "
-      "%d bad, %d stale records cleared",
-      node_id, kept, dropped, bad, stale.size());
+  SNAPBACK_LOG(Info,
+               "storage node %s reconciled: %d verified copies kept, %d unwanted dropped "
+               "(%d kept: "
+               "rebuilt catalogue), %d bad, %d stale records cleared",
+               node_id, kept, dropped, kept_unknown, bad, stale.size());
   return absl::OkStatus();
 }
 

@@ -23,7 +23,9 @@ using snapback::v1::PutChunksResponse;
 
 // The largest frame a well-behaved server sends is one slice of one chunk;
 // anything bigger is refused before it is allocated.
-constexpr int kMaxReceiveFrameBytes = static_cast<int>(kMaxChunkRawBytes + (1u << 20));
+// Also a ListCatalog page: up to 8 MiB of records plus one record of at
+// most 64 MiB (storage/catalog.h).
+constexpr int kMaxReceiveFrameBytes = static_cast<int>((64u << 20) + (9u << 20));
 
 absl::Status Annotate(const absl::Status& status, absl::string_view where) {
   return absl::Status(status.code(), absl::StrCat(where, ": ", status.message()));

@@ -17,18 +17,19 @@ absl::Status Fill(absl::StatusOr<T> result, T* response) {
 grpc::ServerUnaryReactor* ClusterServiceImpl::RegisterNode(
     grpc::CallbackServerContext* ctx, const v1::RegisterNodeRequest* req,
     v1::RegisterNodeResponse* resp) {
-  return rpc::RunOnPool(ctx, pool_, &calls_, "RegisterNode", [this, req, resp] {
-    absl::StatusOr<v1::NodeMap> map = tier_->Register(req->node());
-    if (!map.ok()) return map.status();
-    *resp->mutable_map() = *std::move(map);
-    return absl::OkStatus();
-  });
+  return rpc::RunOnPool(ctx, membership_pool_, &calls_, "RegisterNode",
+                        [this, req, resp] {
+                          absl::StatusOr<v1::NodeMap> map = tier_->Register(req->node());
+                          if (!map.ok()) return map.status();
+                          *resp->mutable_map() = *std::move(map);
+                          return absl::OkStatus();
+                        });
 }
 
 grpc::ServerUnaryReactor* ClusterServiceImpl::NodeHeartbeat(
     grpc::CallbackServerContext* ctx, const v1::NodeHeartbeatRequest* req,
     v1::NodeHeartbeatResponse* resp) {
-  return rpc::RunOnPool(ctx, pool_, &calls_, "NodeHeartbeat",
+  return rpc::RunOnPool(ctx, membership_pool_, &calls_, "NodeHeartbeat",
                         [this, req, resp] { return Fill(tier_->Heartbeat(*req), resp); });
 }
 
@@ -36,7 +37,7 @@ grpc::ServerUnaryReactor* ClusterServiceImpl::ListNodes(grpc::CallbackServerCont
                                                         const v1::ListNodesRequest* req,
                                                         v1::NodeMap* resp) {
   (void)req;
-  return rpc::RunOnPool(ctx, pool_, &calls_, "ListNodes", [this, resp] {
+  return rpc::RunOnPool(ctx, membership_pool_, &calls_, "ListNodes", [this, resp] {
     *resp = tier_->Map();
     return absl::OkStatus();
   });

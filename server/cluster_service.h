@@ -1,6 +1,7 @@
 // ClusterServiceImpl: the gRPC face of the coordinator's ClusterTier
-// (proto/snapback/v1/cluster.proto). Every call runs on the given pool
-// (registration and heartbeats write the node map; scrub waits for nodes).
+// (proto/snapback/v1/cluster.proto). Registration, heartbeats and the map
+// run on `membership_pool` (short calls that must never wait behind long
+// ones); replica state, scrub and reports on `pool`.
 //
 // Thread-safe. The tier and the pool must outlive the service; WaitIdle()
 // tells when the last call is gone.
@@ -16,8 +17,9 @@ namespace snapback::server {
 
 class ClusterServiceImpl final : public v1::ClusterService::CallbackService {
  public:
-  ClusterServiceImpl(coordinator::ClusterTier* tier, ThreadPool* pool)
-      : tier_(tier), pool_(pool) {}
+  ClusterServiceImpl(coordinator::ClusterTier* tier, ThreadPool* membership_pool,
+                     ThreadPool* pool)
+      : tier_(tier), membership_pool_(membership_pool), pool_(pool) {}
 
   grpc::ServerUnaryReactor* RegisterNode(grpc::CallbackServerContext* ctx,
                                          const v1::RegisterNodeRequest* req,
@@ -47,6 +49,7 @@ class ClusterServiceImpl final : public v1::ClusterService::CallbackService {
 
  private:
   coordinator::ClusterTier* const tier_;
+  ThreadPool* const membership_pool_;
   ThreadPool* const pool_;
   rpc::CallTracker calls_;
 };

@@ -74,8 +74,11 @@ class Peers {
       return absl::InvalidArgumentError("a node cannot forward to or copy from itself");
     }
     if (!allowed_.contains(address)) {
-      return absl::InvalidArgumentError("peer " + address.substr(0, 256) +
-                                        " is not a storage node of this cluster's map");
+      // Not INVALID_ARGUMENT: a map that is a moment old (a node just
+      // removed or added) is not the caller's fault; it fails over.
+      return absl::FailedPreconditionError(
+          "peer " + address.substr(0, 256) +
+          " is not a storage node of this cluster's map");
     }
     return absl::OkStatus();
   }

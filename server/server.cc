@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                 coordinator::RebuildFromTier(
                                     server->coordinator_store_.get(),
                                     options.rebuild_from_tier, options.storage_client));
+      SNAPBACK_RETURN_IF_ERROR(server->cluster_->MarkRebuilt());
       SNAPBACK_LOG(
           Info,
           "catalogue rebuilt from %d storage node(s): %d job(s), %d checkpoint(s) "
@@ -123,8 +124,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     }
     if (server->cluster_ != nullptr) {
       server->cluster_->SetCatalog(server->coordinator_store_.get());
+      // Heartbeats and registrations on their own threads: a long scrub or
+      // a commit waiting on a frozen node must not starve them (every node
+      // would go DOWN).
+      server->membership_pool_ = std::make_unique<ThreadPool>(2);
       server->cluster_service_ = std::make_unique<ClusterServiceImpl>(
-          server->cluster_, server->coordinator_pool_.get());
+          server->cluster_, server->membership_pool_.get(),
+          server->coordinator_pool_.get());
     }
     server->coordinator_service_->SetCommitListener(
         [d = server->detector_.get()](const std::string& job, int64_t step) {
@@ -175,6 +181,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (run_coordinator) {
     max_message = std::max<uint64_t>(max_message,
                                      options.coordinator.max_manifest_bytes + (1u << 20));
+  }
+  if (server->catalog_ != nullptr) {
+    // A cluster node takes catalogue records (every rank's manifest of a
+    // checkpoint) up to CatalogStore::kMaxValueBytes; PutChunks frames are
+    // still held to max_frame_bytes by the service itself.
+    max_message = std::max<uint64_t>(max_message,
+                                     storage::CatalogStore::kMaxValueBytes + (1u << 20));
   }
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<uint64_t>(max_message, INT32_MAX)));

@@ -209,6 +209,7 @@ class Server {
   std::unique_ptr<Peers> peers_;
   std::unique_ptr<storage::CatalogStore> catalog_;
   std::unique_ptr<ThreadPool> forward_pool_;
+  std::unique_ptr<ThreadPool> membership_pool_;
   std::unique_ptr<ClusterServiceImpl> cluster_service_;
   std::unique_ptr<NodeAgent> node_agent_;
   std::unique_ptr<coordinator::CoordinatorStore> coordinator_store_;

@@ -750,7 +750,16 @@ grpc::ServerUnaryReactor* StorageServiceImpl::ReplicateChunks(
                                    "this storage node is not part of a cluster; start it "
                                    "with --coordinator to copy chunks from peers"));
   }
-  std::vector<std::string> sources(request->sources().begin(), request->sources().end());
+  std::vector<std::string> sources;
+  for (const std::string& src : request->sources()) {
+    if (std::find(sources.begin(), sources.end(), src) == sources.end())
+      sources.push_back(src);
+  }
+  if (sources.size() > 16) {
+    return rpc::FinishNow(ctx,
+                          absl::InvalidArgumentError(
+                              "more than 16 distinct sources in one ReplicateChunks"));
+  }
   for (const std::string& src : sources) {
     absl::Status ok = cluster.peers->Check(src);
     if (!ok.ok()) return rpc::FinishNow(ctx, ok);
@@ -892,7 +901,7 @@ grpc::ServerUnaryReactor* StorageServiceImpl::ListCatalog(
         std::vector<std::pair<std::string, std::string>> out;
         SNAPBACK_ASSIGN_OR_RETURN(
             bool done, context_.cluster.catalog->List(
-                           request->prefix(), request->start_after(), 16u << 20, &out));
+                           request->prefix(), request->start_after(), 8u << 20, &out));
         for (auto& [k, v] : out) {
           snapback::v1::CatalogEntry* e = response->add_entries();
           e->set_key(std::move(k));

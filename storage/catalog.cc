@@ -7,11 +7,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <set>
+#include <map>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/hash.h"
 
 namespace snapback::storage {
 namespace {
@@ -32,6 +33,10 @@ absl::Status SyncPath(const std::string& path, int flags) {
 }
 
 }  // namespace
+
+std::string CatalogStore::PathOf(const std::string& key) const {
+  return absl::StrCat(dir_, "/", Sha256(key).ToHex());
+}
 
 absl::StatusOr<std::unique_ptr<CatalogStore>> CatalogStore::Open(const std::string& dir) {
   const std::string path = dir + "/catalog";
@@ -56,13 +61,20 @@ absl::Status CatalogStore::Put(const std::string& key, const std::string& value)
     return absl::InvalidArgumentError("catalog value larger than 64 MiB");
   }
   absl::MutexLock lock(&mu_);
-  const std::string final_path = absl::StrCat(dir_, "/", absl::BytesToHexString(key));
+  const std::string final_path = PathOf(key);
   const std::string tmp = final_path + ".tmp";
+  // The file holds the key (4-byte length, little-endian) then the value;
+  // its name is a hash of the key, so any key fits a file name.
+  std::string contents;
+  const uint32_t klen = static_cast<uint32_t>(key.size());
+  contents.append(reinterpret_cast<const char*>(&klen), 4);
+  contents.append(key);
+  contents.append(value);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("create " + tmp);
   size_t done = 0;
-  while (done < value.size()) {
-    const ssize_t n = ::write(fd, value.data() + done, value.size() - done);
+  while (done < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
       absl::Status s = Errno("write " + tmp);
@@ -90,26 +102,33 @@ absl::Status CatalogStore::Put(const std::string& key, const std::string& value)
 absl::StatusOr<bool> CatalogStore::List(
     const std::string& prefix, const std::string& start_after, size_t max_bytes,
     std::vector<std::pair<std::string, std::string>>* out) {
-  std::set<std::string> keys;
+  // Every record is read (a node keeps one per committed checkpoint it was
+  // given); the page is cut at max_bytes, in key order.
+  std::map<std::string, std::string> records;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string name = e.path().filename().string();
     if (absl::EndsWith(name, ".tmp")) continue;
-    const std::string key = absl::HexStringToBytes(name);
-    if (absl::StartsWith(key, prefix) && key > start_after) keys.insert(key);
-  }
-  if (ec)
-    return absl::UnavailableError(absl::StrCat("listing ", dir_, ": ", ec.message()));
-  size_t bytes = 0;
-  for (auto it = keys.begin(); it != keys.end(); ++it) {
-    if (bytes >= max_bytes && !out->empty()) return false;
-    std::ifstream in(absl::StrCat(dir_, "/", absl::BytesToHexString(*it)),
-                     std::ios::binary);
+    std::ifstream in(e.path(), std::ios::binary);
     if (!in) continue;  // deleted meanwhile
-    std::string value((std::istreambuf_iterator<char>(in)),
-                      std::istreambuf_iterator<char>());
+    std::string contents((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+    uint32_t n = 0;
+    if (contents.size() < 4) continue;
+    std::memcpy(&n, contents.data(), 4);
+    if (contents.size() < 4 + static_cast<size_t>(n)) continue;
+    std::string key = contents.substr(4, n);
+    if (!absl::StartsWith(key, prefix) || key <= start_after) continue;
+    records.emplace(std::move(key), contents.substr(4 + n));
+  }
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat("listing ", dir_, ": ", ec.message()));
+  }
+  size_t bytes = 0;
+  for (auto& [key, value] : records) {
+    if (bytes >= max_bytes && !out->empty()) return false;
     bytes += value.size();
-    out->emplace_back(*it, std::move(value));
+    out->emplace_back(key, std::move(value));
   }
   return true;
 }
@@ -117,7 +136,7 @@ absl::StatusOr<bool> CatalogStore::List(
 absl::Status CatalogStore::Delete(const std::vector<std::string>& keys) {
   absl::MutexLock lock(&mu_);
   for (const std::string& key : keys) {
-    const std::string path = absl::StrCat(dir_, "/", absl::BytesToHexString(key));
+    const std::string path = PathOf(key);
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) return Errno("unlink " + path);
   }
   return SyncPath(dir_, O_RDONLY | O_DIRECTORY);

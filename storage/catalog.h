@@ -1,7 +1,8 @@
 // CatalogStore: small key -> value records a storage node keeps for the
 // coordinator (each committed checkpoint's job record and manifests), so
 // that a coordinator whose metadata is lost can rebuild its catalogue from
-// the nodes. One file per key under DIR/catalog/ (hex of the key), written
+// the nodes. One file per key under DIR/catalog/, named by the SHA-256 of
+// the key (the file holds the key's length, the key, the value), written
 // to a temporary file, fsynced, renamed, and the directory fsynced: a record
 // is either all there or absent after a crash.
 //
@@ -40,6 +41,8 @@ class CatalogStore {
 
  private:
   explicit CatalogStore(std::string dir) : dir_(std::move(dir)) {}
+  // DIR/catalog/<hex SHA-256 of the key>.
+  std::string PathOf(const std::string& key) const;
   const std::string dir_;
   absl::Mutex mu_;  // one writer at a time (rename + directory fsync)
 };
