@@ -8,9 +8,11 @@
 #include <grpcpp/support/server_callback.h>
 
 #include <functional>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -50,6 +52,14 @@ grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* ctx, ThreadPool
 // Finishes a call at once with `status` (a request refused before any work).
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx,
                                     const absl::Status& status);
+
+// Moves a handler's result into its gRPC response; the status otherwise.
+template <typename T>
+absl::Status Fill(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return result.status();
+  *response = *std::move(result);
+  return absl::OkStatus();
+}
 
 }  // namespace snapback::rpc
 

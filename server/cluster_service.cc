@@ -3,16 +3,8 @@
 #include <utility>
 
 namespace snapback::server {
-namespace {
 
-template <typename T>
-absl::Status Fill(absl::StatusOr<T> result, T* response) {
-  if (!result.ok()) return result.status();
-  *response = *std::move(result);
-  return absl::OkStatus();
-}
-
-}  // namespace
+using rpc::Fill;
 
 grpc::ServerUnaryReactor* ClusterServiceImpl::RegisterNode(
     grpc::CallbackServerContext* ctx, const v1::RegisterNodeRequest* req,

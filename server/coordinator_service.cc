@@ -8,17 +8,8 @@
 #include "server/audit.h"
 
 namespace snapback::server {
-namespace {
 
-// Moves a store result into the gRPC response.
-template <typename T>
-absl::Status Fill(absl::StatusOr<T> result, T* response) {
-  if (!result.ok()) return result.status();
-  *response = *std::move(result);
-  return absl::OkStatus();
-}
-
-}  // namespace
+using rpc::Fill;
 
 grpc::ServerUnaryReactor* CoordinatorServiceImpl::Run(
     grpc::CallbackServerContext* ctx, absl::string_view rpc,

@@ -133,6 +133,17 @@ std::set<ChunkId> AllChunks(StorageCluster& cluster) {
   return all;
 }
 
+// The state the coordinator's map gives node `id` (UNSPECIFIED when absent
+// or the map cannot be read).
+v1::NodeState StateOf(StorageCluster& cluster, const std::string& id) {
+  auto map = cluster.Map();
+  if (!map.ok()) return v1::NODE_STATE_UNSPECIFIED;
+  for (const auto& n : map->nodes()) {
+    if (n.node_id() == id) return n.state();
+  }
+  return v1::NODE_STATE_UNSPECIFIED;
+}
+
 bool Healthy(StorageCluster& cluster) {
   auto st = cluster.ReplicaState();
   return st.ok() && st->chunks() > 0 && st->under_replicated_chunks() == 0 &&
@@ -218,15 +229,7 @@ TEST(ClusterTest, PermanentNodeLossIsRepairedToTwoCopies) {
   cluster.SignalNode(0, SIGKILL);
   std::filesystem::remove_all(cluster.node_dir(0));
   ASSERT_TRUE(StorageCluster::WaitFor(
-      [&] {
-        auto map = cluster.Map();
-        if (!map.ok()) return false;
-        for (const auto& node : map->nodes()) {
-          if (node.node_id() == lost_id) return node.state() == v1::NODE_DOWN;
-        }
-        return false;
-      },
-      absl::Seconds(30)))
+      [&] { return StateOf(cluster, lost_id) == v1::NODE_DOWN; }, absl::Seconds(30)))
       << "node 0 never went DOWN";
   ASSERT_TRUE(
       StorageCluster::WaitFor([&] { return Healthy(cluster); }, absl::Seconds(60)))
@@ -412,15 +415,7 @@ TEST(ClusterTest, ReturningNodeDropsChunksCollectedWhileItWasAway) {
   cluster.SignalNode(2, SIGKILL);
   const std::string id2 = cluster.node_id(2);
   ASSERT_TRUE(StorageCluster::WaitFor(
-      [&] {
-        auto map = cluster.Map();
-        if (!map.ok()) return false;
-        for (const auto& n : map->nodes()) {
-          if (n.node_id() == id2) return n.state() == v1::NODE_DOWN;
-        }
-        return false;
-      },
-      absl::Seconds(30)));
+      [&] { return StateOf(cluster, id2) == v1::NODE_DOWN; }, absl::Seconds(30)));
   job.Save(2);
   job.Save(3);
   {
@@ -462,16 +457,8 @@ TEST(ClusterTest, FrozenNodeGoesDownAndRejoins) {
 
   cluster.SignalNode(0, SIGSTOP);
   const std::string id0 = cluster.node_id(0);
-  auto state_of_0 = [&] {
-    auto map = cluster.Map();
-    if (!map.ok()) return v1::NODE_STATE_UNSPECIFIED;
-    for (const auto& n : map->nodes()) {
-      if (n.node_id() == id0) return n.state();
-    }
-    return v1::NODE_STATE_UNSPECIFIED;
-  };
-  ASSERT_TRUE(StorageCluster::WaitFor([&] { return state_of_0() == v1::NODE_DOWN; },
-                                      absl::Seconds(30)));
+  ASSERT_TRUE(StorageCluster::WaitFor(
+      [&] { return StateOf(cluster, id0) == v1::NODE_DOWN; }, absl::Seconds(30)));
   ASSERT_TRUE(
       StorageCluster::WaitFor([&] { return Healthy(cluster); }, absl::Seconds(60)))
       << "the frozen node's chunks were not re-replicated";
