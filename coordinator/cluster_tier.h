@@ -120,8 +120,6 @@ class ClusterTier final : public ChunkTier {
   // Every node not REMOVED (readers try them in placement order).
   std::vector<v1::NodeInfo> ReadableNodes() override;
   uint64_t MapVersion() override;
-  // True when the address is a node of the map (not REMOVED).
-  bool IsNodeAddress(const std::string& address);
 
   // --- ChunkTier (cluster_tier.cc) ---
   absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,

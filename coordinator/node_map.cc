@@ -361,16 +361,6 @@ std::vector<v1::NodeInfo> ClusterTier::ReadableNodes() {
   return out;
 }
 
-bool ClusterTier::IsNodeAddress(const std::string& address) {
-  absl::ReaderMutexLock lock(&mu_);
-  for (const auto& [id, node] : nodes_) {
-    if (node.info.address() == address && node.info.state() != v1::NODE_REMOVED) {
-      return true;
-    }
-  }
-  return false;
-}
-
 absl::flat_hash_set<std::string> ClusterTier::CountingNodes() {
   absl::ReaderMutexLock lock(&mu_);
   absl::flat_hash_set<std::string> out;

@@ -90,11 +90,6 @@ bool NodeAgent::registered() {
   return registered_;
 }
 
-void NodeAgent::ReportLost(const std::vector<ChunkId>& ids) {
-  absl::MutexLock lock(&mu_);
-  lost_.insert(lost_.end(), ids.begin(), ids.end());
-}
-
 void NodeAgent::ApplyMap(const v1::NodeMap& map) {
   std::vector<std::string> addresses;
   for (const v1::NodeInfo& n : map.nodes()) {
@@ -141,14 +136,13 @@ absl::Status NodeAgent::Beat() {
   req.set_capacity_bytes(stats.capacity_bytes);
   req.set_free_bytes(stats.free_bytes);
   req.set_full(stats.full);
-  std::vector<ChunkId> lost;
   {
     absl::MutexLock lock(&mu_);
     req.set_map_version(map_version_);
-    lost = lost_;
   }
-  std::vector<ChunkId> store_lost = store_->LostChunks();
-  lost.insert(lost.end(), store_lost.begin(), store_lost.end());
+  // Everything the store quarantined (at open, on a read, by a scrub or a
+  // VerifyChunks call) until the coordinator acknowledges it.
+  std::vector<ChunkId> lost = store_->LostChunks();
   if (lost.size() > 4096) lost.resize(4096);
   for (const ChunkId& id : lost) req.add_lost_ids(std::string(id.AsBytes()));
   v1::NodeHeartbeatResponse resp;
@@ -164,15 +158,8 @@ absl::Status NodeAgent::Beat() {
   if (resp.has_map()) ApplyMap(resp.map());
   if (resp.lost_acknowledged() > 0 && !lost.empty()) {
     // The coordinator recorded them: forget them here.
-    absl::flat_hash_set<ChunkId> acked(lost.begin(), lost.end());
-    {
-      absl::MutexLock lock(&mu_);
-      std::erase_if(lost_, [&](const ChunkId& id) { return acked.contains(id); });
-    }
-    std::vector<ChunkId> forget(store_lost.begin(), store_lost.end());
-    std::erase_if(forget, [&](const ChunkId& id) { return !acked.contains(id); });
-    if (!forget.empty()) {
-      absl::Status f = store_->ForgetLost(forget);
+    if (!lost.empty()) {
+      absl::Status f = store_->ForgetLost(lost);
       if (!f.ok())
         SNAPBACK_LOG(Warning, "forgetting reported lost chunks: %s", f.ToString());
     }

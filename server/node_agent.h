@@ -64,8 +64,6 @@ class NodeAgent {
   void Stop();
 
   const std::string& node_id() const { return node_id_; }
-  // Chunks found bad here (quarantined): reported with the next heartbeat.
-  void ReportLost(const std::vector<ChunkId>& ids);
   // True once the coordinator has accepted the registration.
   bool registered();
 
@@ -95,7 +93,6 @@ class NodeAgent {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool registered_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t map_version_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<ChunkId> lost_ ABSL_GUARDED_BY(mu_);
   std::thread loop_;
   std::thread scrub_;
 };

@@ -41,10 +41,6 @@ class Peers {
     absl::MutexLock lock(&mu_);
     refresh_ = std::move(refresh);
   }
-  bool in_cluster() {
-    absl::MutexLock lock(&mu_);
-    return !allowed_.empty();
-  }
   // INVALID_ARGUMENT unless `address` is another node of the map.
   absl::Status Check(const std::string& address) {
     if (!Allowed(address)) {

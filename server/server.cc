@@ -154,9 +154,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       hooks.forward_pool = server->forward_pool_.get();
       hooks.catalog = server->catalog_.get();
       hooks.repair_bytes_per_sec = options.node_repair_bytes_per_sec;
-      hooks.on_bad = [s = server.get()](const std::vector<ChunkId>& ids) {
-        if (s->node_agent_ != nullptr) s->node_agent_->ReportLost(ids);
-      };
     }
     server->service_ = std::make_unique<StorageServiceImpl>(
         server->store_.get(), server->verify_pool_.get(), server->io_pool_.get(),

@@ -865,8 +865,6 @@ grpc::ServerUnaryReactor* StorageServiceImpl::VerifyChunks(
                           for (const ChunkId& id : scrub.missing) {
                             response->add_missing_ids(std::string(id.AsBytes()));
                           }
-                          if (!bad.empty() && context_.cluster.on_bad)
-                            context_.cluster.on_bad(bad);
                           for (const ChunkId& id : bad)
                             response->add_bad_ids(std::string(id.AsBytes()));
                           return absl::OkStatus();

@@ -82,9 +82,6 @@ struct ClusterHooks {
   storage::CatalogStore* catalog = nullptr;
   // Bytes per second ReplicateChunks copies onto this node (0 = unlimited).
   uint64_t repair_bytes_per_sec = 0;
-  // Called with chunks VerifyChunks found bad (quarantined), so the node
-  // agent reports them.
-  std::function<void(const std::vector<ChunkId>&)> on_bad;
 };
 
 class StorageServiceImpl final : public snapback::v1::StorageService::CallbackService {
