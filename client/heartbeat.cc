@@ -16,9 +16,13 @@ Heartbeater::Heartbeater(std::shared_ptr<grpc::Channel> channel, HeartbeatOption
 Heartbeater::~Heartbeater() { Stop(); }
 
 void Heartbeater::SetStep(int64_t step) {
-  if (step_.exchange(step) == step || !eager_step_.exchange(false)) return;
+  if (step_.exchange(step) == step) return;
+  const bool eager = eager_step_.exchange(false);
+  if (!eager && options_.step_report_gap <= absl::ZeroDuration()) return;
   absl::MutexLock lock(&mu_);
   wake_ = true;
+  step_pending_ = true;
+  urgent_ = urgent_ || eager;
 }
 
 void Heartbeater::SetPhase(v1::RankPhase phase, int64_t step) {
@@ -27,6 +31,7 @@ void Heartbeater::SetPhase(v1::RankPhase phase, int64_t step) {
   if (phase == v1::TRAINING) eager_step_.store(true);
   absl::MutexLock lock(&mu_);
   wake_ = true;
+  urgent_ = true;
 }
 
 v1::HeartbeatRequest Heartbeater::Beat(v1::RankPhase phase, bool unscheduled) const {
@@ -62,13 +67,26 @@ void Heartbeater::Loop() {
         next += options_.interval;
         if (next <= now) next = now + options_.interval;  // fell behind: no burst
       }
+      {
+        absl::MutexLock lock(&mu_);
+        urgent_ = false;
+        step_pending_ = false;  // this beat carries the step
+      }
       ok = stream->Write(Beat(static_cast<v1::RankPhase>(phase_.load()), !scheduled));
       if (!ok) break;
+      const absl::Time step_due = absl::Now() + options_.step_report_gap;
       absl::MutexLock lock(&mu_);
       failures_ = 0;
+      // Until the scheduled beat, a phase change, Stop(), or a new step once
+      // the gap since this beat has passed.
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stop_; };
-      mu_.AwaitWithDeadline(absl::Condition(&ready), next);
-      wake_ = false;
+      for (;;) {
+        if (stop_ || urgent_) break;
+        const absl::Time until = step_pending_ ? std::min(next, step_due) : next;
+        if (absl::Now() >= until) break;
+        mu_.AwaitWithDeadline(absl::Condition(&ready), until);
+        wake_ = false;
+      }
       if (stop_) {
         stopping = true;
         break;

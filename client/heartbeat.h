@@ -40,6 +40,13 @@ struct HeartbeatOptions {
   int64_t incarnation = 0;
   // Default: 1 s
   absl::Duration interval = absl::Seconds(1);
+  // A new step is sent at once (an unscheduled beat), at most this often,
+  // so the detector knows the step each rank reached when it fails: the
+  // SLA report's lost steps are exact for steps at least this long, and
+  // undercount by at most one step per gap below that. Zero = steps only
+  // ride on the scheduled beats (and the first one after a phase change).
+  // Default: 50 ms
+  absl::Duration step_report_gap = absl::Milliseconds(50);
   // How long Stop() waits for the goodbye before it cancels the stream.
   // Default: 2 s
   absl::Duration stop_timeout = absl::Seconds(2);
@@ -52,9 +59,9 @@ class Heartbeater {
   Heartbeater(const Heartbeater&) = delete;
   Heartbeater& operator=(const Heartbeater&) = delete;
 
-  // The training step: sent with the next periodic beat, or at once when it
-  // is the first step after a phase change (so the detector sees at once
-  // that training resumed after a restore, or goes on after a save).
+  // The training step: sent at once, at most every step_report_gap (the
+  // first step after a phase change always at once, so the detector sees at
+  // once that training resumed after a restore, or goes on after a save).
   void SetStep(int64_t step);
   // The phase (sent at once). `step` >= 0 also sets the step.
   void SetPhase(v1::RankPhase phase, int64_t step = -1);
@@ -74,7 +81,9 @@ class Heartbeater {
 
   absl::Mutex stop_mu_;  // one Stop() at a time
   absl::Mutex mu_;
-  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;          // something changed
+  bool urgent_ ABSL_GUARDED_BY(mu_) = false;        // beat now (phase, eager step)
+  bool step_pending_ ABSL_GUARDED_BY(mu_) = false;  // a step not sent yet
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live stream's
   int failures_ ABSL_GUARDED_BY(mu_) = 0;                    // stream failures in a row

@@ -410,6 +410,25 @@ absl::Status SavePipeline::Commit(SaveJob* job, bool* committed) {
       c->set_length(job->tasks[i].length);
     }
   }
+  {
+    // What this save cost, for the coordinator's SLA report and metrics.
+    // Save() has returned by now unless it blocks until the commit (then
+    // it has blocked the caller for the whole save so far).
+    absl::MutexLock lock(&job->state->mu);
+    const SaveStats& st = job->state->stats;
+    v1::SaveStats* out = req.mutable_stats();
+    out->set_logical_bytes(st.logical_bytes);
+    out->set_new_bytes(st.new_bytes);
+    out->set_sent_bytes(st.sent_bytes);
+    out->set_chunks(st.chunks);
+    out->set_chunks_unchanged(st.chunks_unchanged);
+    out->set_chunks_present(st.chunks_present);
+    const absl::Duration blocked =
+        st.blocked > absl::ZeroDuration() ? st.blocked : absl::Now() - job->start;
+    out->set_blocked_us(absl::ToInt64Microseconds(blocked));
+    out->set_snapshot_us(absl::ToInt64Microseconds(st.snapshot));
+    out->set_to_durable_us(absl::ToInt64Microseconds(st.to_durable));
+  }
   // A commit whose answer was lost may have happened: resending the same
   // manifest is an idempotent replay at the coordinator, so retry the calls
   // that end without an answer, and never abort a checkpoint this rank may

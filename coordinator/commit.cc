@@ -431,6 +431,16 @@ absl::StatusOr<v1::CommitRankResponse> CoordinatorStore::FinishCommit(
   txn.batch.Put(ManifestKey(job_id, step, ref.rank()), manifest_bytes);
   ckpt.set_ranks_committed(ckpt.ranks_committed() + 1);
   ckpt.set_logical_bytes(ckpt.logical_bytes() + logical_bytes);
+  // The client's own account of what the save cost (informational).
+  if (req.has_stats()) {
+    const v1::SaveStats& st = req.stats();
+    ckpt.set_new_bytes(ckpt.new_bytes() + st.new_bytes());
+    ckpt.set_sent_bytes(ckpt.sent_bytes() + st.sent_bytes());
+    ckpt.set_max_blocked_us(
+        std::max(ckpt.max_blocked_us(), std::max<int64_t>(0, st.blocked_us())));
+    ckpt.set_max_to_durable_us(
+        std::max(ckpt.max_to_durable_us(), std::max<int64_t>(0, st.to_durable_us())));
+  }
   ckpt.set_last_activity_unix_ms(now);
 
   if (!last) {

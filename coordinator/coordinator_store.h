@@ -103,6 +103,26 @@ struct ConsistencyReport {
   uint64_t claims = 0;
 };
 
+// A chunk a checkpoint names, where it is named first (for messages):
+// rank, entry (an index into VerifyTarget::entries) and index in the
+// entry's chunk list.
+struct ChunkUse {
+  ChunkId id;
+  uint32_t length = 0;
+  int32_t rank = 0;
+  int32_t entry = 0;
+  int32_t index = 0;
+};
+
+// A COMMITTED checkpoint to verify: its record, the names of its tensors
+// and blobs (blob names prefixed with "blob:"), and every distinct chunk its
+// manifests name.
+struct VerifyTarget {
+  v1::CheckpointInfo checkpoint;
+  std::vector<std::string> entries;
+  std::vector<ChunkUse> chunks;
+};
+
 class CoordinatorStore final : public CatalogView {
  public:
   // Opens (creating if needed) the metadata database in `dir` (the server
@@ -141,6 +161,23 @@ class CoordinatorStore final : public CatalogView {
   absl::StatusOr<v1::JobInfo> SetRestoreTarget(absl::string_view job_id, int64_t step);
   absl::StatusOr<v1::JobInfo> ClearRestoreTarget(absl::string_view job_id);
 
+  // Verification (VerifyCheckpoint; driven by CheckpointVerifier in
+  // verify.h). VerifyTargets loads COMMITTED checkpoint (job_id, step), or
+  // every COMMITTED checkpoint of the job newest first for step -1, with the
+  // distinct chunks their manifests name: NOT_FOUND for an unknown job or
+  // step (or a job with no COMMITTED checkpoint), FAILED_PRECONDITION for a
+  // step that is not COMMITTED. RecordVerification writes the outcome on
+  // checkpoint `verified` (damaged + damage_reason, or damaged cleared and
+  // verified_unix_ms set), synced, only if it is still the same COMMITTED
+  // checkpoint (same incarnation and commit time): ABORTED when it was
+  // replaced, NOT_FOUND when it was deleted meanwhile. Returns the record.
+  absl::StatusOr<std::vector<VerifyTarget>> VerifyTargets(absl::string_view job_id,
+                                                          int64_t step);
+  absl::StatusOr<v1::CheckpointInfo> RecordVerification(
+      const v1::CheckpointInfo& verified, bool damaged, absl::string_view reason);
+  // The storage tier the store checks chunks with (not owned).
+  ChunkTier* tier() const { return tier_; }
+
   // The failure detector's calls. AdvanceIncarnation raises the job's
   // incarnation by one and aborts the WRITING checkpoints of older ones
   // (fencing every rank of the old run) in one synced write; returns the
@@ -156,6 +193,11 @@ class CoordinatorStore final : public CatalogView {
   absl::Status AppendAudit(v1::AuditEntry entry);
   absl::StatusOr<std::vector<v1::AuditEntry>> ListAudit(int limit);
   absl::StatusOr<std::vector<v1::Incident>> ListIncidents(absl::string_view job_id);
+  // The runs of a job as the detector watched them (JobRun): PutJobRun
+  // writes (creates or replaces) run (job_id, run), synced; ListJobRuns
+  // returns a job's, oldest first.
+  absl::Status PutJobRun(const v1::JobRun& run);
+  absl::StatusOr<std::vector<v1::JobRun>> ListJobRuns(absl::string_view job_id);
 
   // Retention, lease expiry, and chunk deletion (see the header comment).
   // On a tier error, chunks already deleted in earlier batches stay deleted

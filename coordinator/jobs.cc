@@ -17,8 +17,8 @@
 namespace snapback::coordinator {
 
 using internal::CheckRankInRange, internal::FromRocks, internal::IncidentPrefix,
-    internal::JobKey, internal::PutBE, internal::Quote, internal::Sl,
-    internal::ValidJobId, internal::ValidWorldSize;
+    internal::JobRunPrefix, internal::JobKey, internal::PutBE, internal::Quote,
+    internal::Sl, internal::ValidJobId, internal::ValidWorldSize;
 using v1::CheckpointInfo;
 using v1::JobInfo;
 
@@ -127,6 +127,36 @@ absl::StatusOr<std::vector<v1::Incident>> CoordinatorStore::ListIncidents(
     out.push_back(std::move(incident));
   }
   SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan incidents"));
+  return out;
+}
+
+absl::Status CoordinatorStore::PutJobRun(const v1::JobRun& run) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(run.job_id()));
+  if (run.run() < 0) return absl::InvalidArgumentError("job run number must be >= 0");
+  std::string key = JobRunPrefix(run.job_id());
+  PutBE(&key, static_cast<uint64_t>(run.run()), 8);
+  absl::MutexLock lock(&mu_);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db_->Put(wo, Sl(key), run.SerializeAsString()), "write job run");
+}
+
+absl::StatusOr<std::vector<v1::JobRun>> CoordinatorStore::ListJobRuns(
+    absl::string_view job_id) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  absl::ReaderMutexLock lock(&mu_);
+  const std::string prefix = JobRunPrefix(job_id);
+  std::vector<v1::JobRun> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    v1::JobRun run;
+    if (!run.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(
+          absl::StrCat("malformed run record of job ", Quote(job_id)));
+    }
+    out.push_back(std::move(run));
+  }
+  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan job runs"));
   return out;
 }
 

@@ -26,6 +26,10 @@ std::string IncidentPrefix(absl::string_view job) {
   return absl::StrCat("i/", job, absl::string_view("\0", 1));
 }
 
+std::string JobRunPrefix(absl::string_view job) {
+  return absl::StrCat("r/", job, absl::string_view("\0", 1));
+}
+
 std::string JobCheckpointPrefix(absl::string_view job) {
   return absl::StrCat("c/", job, absl::string_view("\0", 1));
 }

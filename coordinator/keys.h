@@ -47,6 +47,8 @@ std::string JobKey(absl::string_view job);
 std::string StepPrefix(absl::string_view kind, absl::string_view job, int64_t step);
 // Incidents of the failure detector: "i/<job>\0" + <seq:8>.
 std::string IncidentPrefix(absl::string_view job);
+// Runs of a job as the detector watched them: "r/<job>\0" + <run:8>.
+std::string JobRunPrefix(absl::string_view job);
 // "c/<job>\0": every checkpoint of one job.
 std::string JobCheckpointPrefix(absl::string_view job);
 // "c/<job>\0<step:8>" -> CheckpointInfo.

@@ -110,10 +110,57 @@ absl::StatusOr<Detector::Job*> Detector::GetJob(const std::string& job_id) {
   job.binding = BindingOf(*info);
   job.seq_base = static_cast<int64_t>(logged->size());
   job.last_state = job.monitor->state();
+  absl::StatusOr<std::vector<v1::JobRun>> runs = jobs_->ListJobRuns(job_id);
+  if (!runs.ok()) return runs.status();
+  job.run.set_job_id(job_id);
+  job.run.set_run(static_cast<int64_t>(runs->size()));
+  job.run.set_first_step(-1);
   return &by_id_.emplace(job_id, std::move(job)).first->second;
 }
 
+void Detector::NewRun(Job& job) {
+  if (job.run.started_unix_ms() == 0) return;  // nothing of it was seen
+  v1::JobRun next;
+  next.set_job_id(job.run.job_id());
+  next.set_run(job.run.run() + 1);
+  next.set_first_step(-1);
+  job.run = std::move(next);
+  job.persisted_run.clear();
+}
+
 void Detector::Persist(const std::string& job_id, Job& job) {
+  {
+    // The run's times, each set once, when the event is seen (Persist runs
+    // right after every input).
+    v1::JobRun& run = job.run;
+    const int64_t now = absl::ToUnixMillis(clock_->Now());
+    const JobState st = job.monitor->state();
+    for (const JobMonitor::RankView& r : job.monitor->Ranks()) {
+      if (!r.seen) continue;
+      if (run.started_unix_ms() == 0) run.set_started_unix_ms(now);
+      if (r.step >= 0 && run.first_step_unix_ms() == 0) {
+        run.set_first_step_unix_ms(now);
+        run.set_first_step(r.step);
+      }
+    }
+    if (run.started_unix_ms() != 0 && run.ended_unix_ms() == 0 &&
+        (st == JobState::kFinished || st == JobState::kGaveUp)) {
+      run.set_ended_unix_ms(now);
+      run.set_end_state(JobStateName(st));
+    }
+    if (run.started_unix_ms() != 0) {
+      std::string bytes = run.SerializeAsString();
+      if (bytes != job.persisted_run) {
+        absl::Status s = jobs_->PutJobRun(run);
+        if (s.ok()) {
+          job.persisted_run = std::move(bytes);
+        } else {
+          Log(absl::StrCat("job ", job_id, ": could not log run ", run.run(), ": ",
+                           s.ToString()));
+        }
+      }
+    }
+  }
   const std::vector<Incident>& incidents = job.monitor->incidents();
   job.persisted.resize(incidents.size());
   for (size_t i = 0; i < incidents.size(); ++i) {
@@ -164,6 +211,7 @@ absl::Status Detector::OnHeartbeat(const std::string& job_id, const Heartbeat& b
     (*job)->persisted.clear();
     (*job)->persisted_closed = 0;
     (*job)->monitor = NewMonitor(*info);
+    NewRun(**job);
     (*job)->binding = BindingOf(*info);
   }
   JobMonitor& m = *(*job)->monitor;
@@ -250,6 +298,7 @@ absl::StatusOr<int64_t> Detector::OnLauncherHello(const std::string& job_id,
     job.persisted.clear();
     job.persisted_closed = 0;
     job.monitor = NewMonitor(*info);
+    NewRun(job);
   }
   job.retry_at = absl::InfiniteDuration();
   Persist(job_id, job);
@@ -309,6 +358,13 @@ absl::StatusOr<v1::JobHealth> Detector::Health(const std::string& job_id) {
     out->set_last_beat_unix_ms(Ms(r.last_beat));
   }
   return h;
+}
+
+std::map<std::string, std::string> Detector::WatchedJobStates() {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, std::string> out;
+  for (const auto& [id, job] : by_id_) out[id] = JobStateName(job.monitor->state());
+  return out;
 }
 
 absl::StatusOr<std::vector<v1::Incident>> Detector::Incidents(const std::string& job_id) {

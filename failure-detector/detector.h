@@ -61,6 +61,10 @@ class JobDirectory {
   virtual absl::Status PutIncident(const v1::Incident& incident) = 0;
   virtual absl::StatusOr<std::vector<v1::Incident>> ListIncidents(
       const std::string& job_id) = 0;
+  // Writes (creates or replaces) run (job_id, run), synced; lists a job's.
+  virtual absl::Status PutJobRun(const v1::JobRun& run) = 0;
+  virtual absl::StatusOr<std::vector<v1::JobRun>> ListJobRuns(
+      const std::string& job_id) = 0;
 };
 
 struct DetectorOptions {
@@ -113,6 +117,10 @@ class Detector {
 
   absl::StatusOr<v1::JobHealth> Health(const std::string& job_id);
   absl::StatusOr<std::vector<v1::Incident>> Incidents(const std::string& job_id);
+  // The state (JobStateName) of every job the detector watches: those it
+  // has heard of since it started. Creates nothing (Health() would start
+  // watching the job), so metrics may call it for every job.
+  std::map<std::string, std::string> WatchedJobStates();
 
   // Evaluates every monitor once and carries out what they decide, on the
   // caller's thread (for tests with a FakeClock).
@@ -124,6 +132,8 @@ class Detector {
     JobBinding binding;
     int64_t seq_base = 0;                      // incidents logged before this monitor
     std::vector<std::string> persisted;        // serialized incidents as last written
+    v1::JobRun run;                            // the run being watched
+    std::string persisted_run;                 // `run` as last written
     size_t persisted_closed = 0;               // incidents [0, n) were written closed
     JobState last_state = JobState::kRunning;  // as last logged
     absl::Duration retry_at = absl::InfiniteDuration();  // monotonic
@@ -144,7 +154,9 @@ class Detector {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<JobMonitor> NewMonitor(const v1::JobInfo& info)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes the incidents whose timeline changed.
+  // A new monitor watches a new run of the job.
+  static void NewRun(Job& job);
+  // Writes the incidents whose timeline changed, and the run's times.
   void Persist(const std::string& job_id, Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ticks every monitor; returns the orders to carry out (without the lock).
   std::vector<Order> Evaluate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -40,6 +40,15 @@ class MemoryDirectory : public JobDirectory {
     for (const auto& [seq, i] : incidents[id]) out.push_back(i);
     return out;
   }
+  absl::Status PutJobRun(const v1::JobRun& r) override {
+    runs[r.job_id()][r.run()] = r;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<v1::JobRun>> ListJobRuns(const std::string& id) override {
+    std::vector<v1::JobRun> out;
+    for (const auto& [n, r] : runs[id]) out.push_back(r);
+    return out;
+  }
 
   void AddJob(const std::string& id, int world, const std::string& scheduler) {
     v1::JobInfo j;
@@ -55,6 +64,7 @@ class MemoryDirectory : public JobDirectory {
 
   std::map<std::string, v1::JobInfo> jobs;
   std::map<std::string, std::map<int64_t, v1::Incident>> incidents;
+  std::map<std::string, std::map<int64_t, v1::JobRun>> runs;
   std::vector<std::string> events;  // shared with the adapter: the order of calls
 };
 
@@ -223,6 +233,34 @@ TEST_F(DetectorUnitTest, DoNotRestartExitCancelsAndFinishedRanksAreNotFailures) 
   EXPECT_EQ(h.ranks(1).phase(), v1::DONE);
   EXPECT_TRUE(absl::IsFailedPrecondition(d->RequestRestart("j", "")));
   EXPECT_TRUE(absl::IsNotFound(d->Health("nope").status()));
+}
+
+TEST_F(DetectorUnitTest, RunsAreLoggedFromFirstBeatToTheEndAndAResubmissionIsANewRun) {
+  auto d = Make();
+  const int64_t t0 = absl::ToUnixMillis(clock_.Now());
+  BeatAll(*d, 1, -1);  // both ranks up, no step yet (startup)
+  BeatAll(*d, 1, 1);
+  BeatAll(*d, 1, 2);
+  for (int r = 0; r < 2; ++r) d->OnRankExited("j", Exit(1, r, v1::EXIT_DONE));
+  ASSERT_EQ(d->Health("j")->state(), "FINISHED");
+  ASSERT_EQ(dir_.runs["j"].size(), 1u);
+  const v1::JobRun first = dir_.runs["j"][0];
+  EXPECT_EQ(first.started_unix_ms(), t0);
+  EXPECT_EQ(first.first_step_unix_ms(), t0 + 1000);
+  EXPECT_EQ(first.first_step(), 1);
+  EXPECT_EQ(first.ended_unix_ms(), t0 + 3000);
+  EXPECT_EQ(first.end_state(), "FINISHED");
+
+  // The same job id beats again: a second run, numbered on after a
+  // coordinator restart too.
+  auto again = Make();
+  clock_.Advance(absl::Seconds(10));
+  BeatAll(*again, 1, 3);
+  ASSERT_EQ(dir_.runs["j"].size(), 2u);
+  EXPECT_EQ(dir_.runs["j"][1].run(), 1);
+  EXPECT_EQ(dir_.runs["j"][1].started_unix_ms(), t0 + 13000);
+  EXPECT_EQ(dir_.runs["j"][1].ended_unix_ms(), 0);
+  EXPECT_EQ(dir_.runs["j"][0].SerializeAsString(), first.SerializeAsString());
 }
 
 }  // namespace

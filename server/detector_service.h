@@ -56,6 +56,13 @@ class StoreJobDirectory final : public detector::JobDirectory {
       const std::string& job_id) override {
     return store_->ListIncidents(job_id);
   }
+  absl::Status PutJobRun(const v1::JobRun& run) override {
+    return store_->PutJobRun(run);
+  }
+  absl::StatusOr<std::vector<v1::JobRun>> ListJobRuns(
+      const std::string& job_id) override {
+    return store_->ListJobRuns(job_id);
+  }
 
  private:
   coordinator::CoordinatorStore* const store_;
