@@ -258,4 +258,87 @@ absl::StatusOr<JobInfo> CoordinatorStore::ClearRestoreTarget(absl::string_view j
   return job;
 }
 
+absl::StatusOr<std::vector<VerifyTarget>> CoordinatorStore::VerifyTargets(
+    absl::string_view job_id, int64_t step) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
+  if (step != -1) SNAPBACK_RETURN_IF_ERROR(ValidStep(step));
+  absl::ReaderMutexLock lock(&mu_);
+  SNAPBACK_ASSIGN_OR_RETURN(JobInfo job, LoadJob(job_id));
+  std::vector<CheckpointInfo> ckpts;
+  if (step >= 0) {
+    SNAPBACK_ASSIGN_OR_RETURN(CheckpointInfo ckpt, LoadCheckpoint(job_id, step));
+    if (ckpt.state() != v1::COMMITTED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint ", CheckpointName(job_id, step), " is ", StateName(ckpt.state()),
+          "; only COMMITTED checkpoints can be verified"));
+    }
+    ckpts.push_back(std::move(ckpt));
+  } else {
+    SNAPBACK_ASSIGN_OR_RETURN(std::vector<CheckpointInfo> all, LoadCheckpoints(job_id));
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      if (it->state() == v1::COMMITTED) ckpts.push_back(std::move(*it));
+    }
+    if (ckpts.empty()) {
+      return absl::NotFoundError(
+          absl::StrCat("job ", job_id, " has no committed checkpoint to verify"));
+    }
+  }
+  std::vector<VerifyTarget> out;
+  for (CheckpointInfo& ckpt : ckpts) {
+    VerifyTarget& t = out.emplace_back();
+    absl::flat_hash_set<ChunkId> seen;
+    for (int32_t rank = 0; rank < job.world_size(); ++rank) {
+      std::string value;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(),
+                                   ManifestKey(job_id, ckpt.step(), rank), &value);
+      RankManifest m;
+      if (s.IsNotFound() || (s.ok() && !m.ParseFromString(value))) {
+        return absl::DataLossError(absl::StrCat(
+            "manifest of rank ", rank, " of committed checkpoint ",
+            CheckpointName(job_id, ckpt.step()),
+            " is missing or malformed; the metadata is damaged (run a consistency "
+            "check)"));
+      }
+      SNAPBACK_RETURN_IF_ERROR(FromRocks(s, "read"));
+      auto add = [&](const std::string& name,
+                     const google::protobuf::RepeatedPtrField<v1::ChunkRef>& chunks) {
+        const int32_t entry = static_cast<int32_t>(t.entries.size());
+        t.entries.push_back(name);
+        for (int i = 0; i < chunks.size(); ++i) {
+          absl::StatusOr<ChunkId> id = ChunkId::FromBytes(chunks[i].id());
+          if (!id.ok() || !seen.insert(*id).second) continue;
+          t.chunks.push_back({*id, chunks[i].length(), rank, entry, i});
+        }
+      };
+      for (const v1::TensorEntry& e : m.tensors()) add(e.name(), e.chunks());
+      for (const v1::BlobEntry& e : m.blobs()) add("blob:" + e.name(), e.chunks());
+    }
+    t.checkpoint = std::move(ckpt);
+  }
+  return out;
+}
+
+absl::StatusOr<CheckpointInfo> CoordinatorStore::RecordVerification(
+    const CheckpointInfo& verified, bool damaged, absl::string_view reason) {
+  const std::string& job_id = verified.job_id();
+  const int64_t step = verified.step();
+  absl::MutexLock lock(&mu_);
+  SNAPBACK_ASSIGN_OR_RETURN(CheckpointInfo ckpt, LoadCheckpoint(job_id, step));
+  // Conditional: the verdict is about the chunks of the checkpoint that was
+  // read, not of one that replaced it since.
+  if (ckpt.state() != v1::COMMITTED || ckpt.incarnation() != verified.incarnation() ||
+      ckpt.committed_unix_ms() != verified.committed_unix_ms()) {
+    return absl::AbortedError(
+        absl::StrCat("checkpoint ", CheckpointName(job_id, step),
+                     " changed while it was verified; verify it again"));
+  }
+  ckpt.set_damaged(damaged);
+  ckpt.set_damage_reason(damaged ? std::string(reason.substr(0, kMaxReasonBytes)) : "");
+  ckpt.set_verified_unix_ms(damaged ? 0 : NowMs());
+  Txn txn(this);
+  txn.batch.Put(CheckpointKey(job_id, step), ckpt.SerializeAsString());
+  SNAPBACK_RETURN_IF_ERROR(txn.Write());
+  return ckpt;
+}
+
 }  // namespace snapback::coordinator

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -16,6 +17,32 @@ absl::StatusOr<std::vector<bool>> LocalChunkTier::Has(absl::Span<const ChunkId> 
 absl::StatusOr<uint64_t> LocalChunkTier::Delete(absl::Span<const ChunkId> ids) {
   SNAPBACK_ASSIGN_OR_RETURN(int deleted, store_->Delete(ids));
   return static_cast<uint64_t>(deleted);
+}
+
+absl::StatusOr<std::vector<ChunkCheck>> LocalChunkTier::Verify(
+    absl::Span<const ChunkId> ids, absl::Duration /*deadline*/) {
+  // ScrubChunks quarantines what fails (DATA_LOSS): the next verification
+  // finds it missing, which is as bad.
+  storage::ScrubResult scrub = store_->ScrubChunks(ids);
+  absl::flat_hash_map<ChunkId, ChunkCheck> found;
+  for (const auto& [id, status] : scrub.bad) {
+    // An I/O error says nothing about the bytes: not a reason to call the
+    // checkpoint damaged.
+    const bool bytes_bad = absl::IsDataLoss(status) || absl::IsInvalidArgument(status);
+    found[id] = {bytes_bad ? ChunkCheck::kBad : ChunkCheck::kUnverified,
+                 absl::StrCat(bytes_bad ? "failed verification: " : "could not be read: ",
+                              status.message())};
+  }
+  for (const ChunkId& id : scrub.missing) {
+    found[id] = {ChunkCheck::kBad,
+                 "not in the chunk store (lost to damage found earlier, or deleted)"};
+  }
+  std::vector<ChunkCheck> out(ids.size(), ChunkCheck{ChunkCheck::kGood, ""});
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = found.find(ids[i]);
+    if (it != found.end()) out[i] = it->second;
+  }
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<RemoteChunkTier>> RemoteChunkTier::Connect(
@@ -62,6 +89,38 @@ absl::StatusOr<uint64_t> RemoteChunkTier::Delete(absl::Span<const ChunkId> ids) 
     deleted += static_cast<uint64_t>(n);
   }
   return deleted;
+}
+
+absl::StatusOr<std::vector<ChunkCheck>> RemoteChunkTier::Verify(
+    absl::Span<const ChunkId> ids, absl::Duration deadline) {
+  std::vector<int> good(ids.size(), 0);
+  std::vector<std::string> problems(ids.size());
+  for (const auto& client : clients_) {
+    SNAPBACK_ASSIGN_OR_RETURN(v1::VerifyChunksResponse v, client->Verify(ids, deadline));
+    absl::flat_hash_set<std::string> bad(v.bad_ids().begin(), v.bad_ids().end());
+    absl::flat_hash_set<std::string> missing(v.missing_ids().begin(),
+                                             v.missing_ids().end());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::string key(ids[i].AsBytes());
+      if (bad.contains(key)) {
+        absl::StrAppend(&problems[i], problems[i].empty() ? "" : "; ", "the copy on ",
+                        client->endpoint(), " failed verification");
+      } else if (!missing.contains(key)) {
+        ++good[i];
+      }
+    }
+  }
+  std::vector<ChunkCheck> out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (good[i] > 0) {
+      out[i] = {ChunkCheck::kGood, problems[i]};
+    } else {
+      out[i] = {ChunkCheck::kBad, problems[i].empty()
+                                      ? "no storage node has a copy"
+                                      : absl::StrCat(problems[i], "; no other copy")};
+    }
+  }
+  return out;
 }
 
 }  // namespace snapback::coordinator

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/hash.h"
 #include "rpc/storage_client.h"
@@ -30,6 +31,19 @@ namespace snapback::coordinator {
 
 // Most copies a job may ask for.
 inline constexpr int kMaxReplication = 5;
+
+// What ChunkTier::Verify() found for one chunk.
+struct ChunkCheck {
+  enum Verdict {
+    kGood,        // a copy verified, and no bad one was seen
+    kRepaired,    // a copy verified; bad or lost copies were handed to repair
+    kBad,         // no copy verified: the chunk's bytes are gone
+    kUnverified,  // no copy verified, but one may sit where the tier could not look
+  };
+  Verdict verdict = kUnverified;
+  // What was wrong, for the operator (empty for kGood).
+  std::string detail;
+};
 
 // Thread-safe: every implementation may be called from many threads at once.
 class ChunkTier {
@@ -54,6 +68,18 @@ class ChunkTier {
   // after a partial failure is harmless). Returns how many (node, chunk)
   // copies were deleted. On error some copies may be deleted already.
   virtual absl::StatusOr<uint64_t> Delete(absl::Span<const ChunkId> ids) = 0;
+
+  // Reads every copy of each chunk the tier can reach and verifies it
+  // (checksum, decode, SHA-256 == id); one entry per id. A bad copy is
+  // quarantined by the store that holds it (so it is never served again)
+  // and, in a cluster, re-copied from a good one. `deadline` bounds each
+  // node's call. An error only when the tier could not be asked at all.
+  // Default: UNIMPLEMENTED.
+  virtual absl::StatusOr<std::vector<ChunkCheck>> Verify(absl::Span<const ChunkId> ids,
+                                                         absl::Duration deadline) {
+    (void)ids, (void)deadline;
+    return absl::UnimplementedError("this storage tier cannot verify chunks");
+  }
 
   // Endpoints clients write chunks to and read them from (HOST:PORT); empty
   // means "the coordinator's own address" (embedded).
@@ -91,6 +117,8 @@ class LocalChunkTier final : public ChunkTier {
   absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,
                                         int copies) override;
   absl::StatusOr<uint64_t> Delete(absl::Span<const ChunkId> ids) override;
+  absl::StatusOr<std::vector<ChunkCheck>> Verify(absl::Span<const ChunkId> ids,
+                                                 absl::Duration deadline) override;
   std::vector<std::string> endpoints() const override { return {}; }
   int replication() const override { return 1; }
 
@@ -112,6 +140,10 @@ class RemoteChunkTier final : public ChunkTier {
   absl::StatusOr<std::vector<bool>> Has(absl::Span<const ChunkId> ids,
                                         int copies) override;
   absl::StatusOr<uint64_t> Delete(absl::Span<const ChunkId> ids) override;
+  // Every node is asked; one good copy anywhere makes a chunk good (one
+  // copy is all this tier keeps). UNAVAILABLE when a node cannot be asked.
+  absl::StatusOr<std::vector<ChunkCheck>> Verify(absl::Span<const ChunkId> ids,
+                                                 absl::Duration deadline) override;
   std::vector<std::string> endpoints() const override { return endpoints_; }
   int replication() const override { return 1; }
 

@@ -278,6 +278,118 @@ absl::StatusOr<uint64_t> ClusterTier::Delete(absl::Span<const ChunkId> ids) {
   return deleted;
 }
 
+absl::StatusOr<std::vector<ChunkCheck>> ClusterTier::Verify(absl::Span<const ChunkId> ids,
+                                                            absl::Duration deadline) {
+  std::vector<std::pair<std::string, std::string>> asked;  // id, address
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [id, node] : nodes_) {
+      const v1::NodeState st = node.info.state();
+      if (st == v1::NODE_UP || st == v1::NODE_SUSPECT || st == v1::NODE_DRAINING) {
+        asked.emplace_back(id, node.info.address());
+      }
+    }
+  }
+  std::vector<absl::StatusOr<v1::VerifyChunksResponse>> answers(
+      asked.size(), absl::UnavailableError("not asked"));
+  {
+    std::vector<std::thread> threads;
+    for (size_t n = 0; n < asked.size(); ++n) {
+      threads.emplace_back([&, n] {
+        absl::StatusOr<internal_client::StorageClient*> client =
+            ClientFor(asked[n].second);
+        answers[n] = client.ok() ? (*client)->Verify(ids, deadline) : client.status();
+      });
+    }
+    for (auto& t : threads) t.join();
+  }
+  struct Seen {
+    std::vector<std::string> good, bad, lost;  // node ids
+  };
+  std::vector<Seen> seen(ids.size());
+  absl::flat_hash_set<std::string> answered;
+  for (size_t n = 0; n < asked.size(); ++n) {
+    const std::string& node = asked[n].first;
+    if (!answers[n].ok()) {
+      SNAPBACK_LOG(Warning, "verify: storage node %s (%s) did not answer: %s", node,
+                   asked[n].second, answers[n].status().ToString());
+      continue;
+    }
+    answered.insert(node);
+    absl::flat_hash_set<std::string> bad(answers[n]->bad_ids().begin(),
+                                         answers[n]->bad_ids().end());
+    absl::flat_hash_set<std::string> missing(answers[n]->missing_ids().begin(),
+                                             answers[n]->missing_ids().end());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::string key(ids[i].AsBytes());
+      if (bad.contains(key)) {
+        seen[i].bad.push_back(node);
+      } else if (!missing.contains(key)) {
+        seen[i].good.push_back(node);
+      }
+    }
+  }
+  if (answered.empty() && !ids.empty()) {
+    return absl::UnavailableError(absl::StrCat(
+        "no storage node answered VerifyChunks (", asked.size(),
+        " asked); check the storage nodes (snapbackctl nodes) and verify again"));
+  }
+  std::vector<ChunkCheck> out(ids.size());
+  std::map<std::string, std::vector<ChunkId>> drop;  // node -> its bad or lost copies
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Seen& s = seen[i];
+    // Copies the location records promise but an answering node lacks are
+    // lost too; copies on nodes that did not answer are unknown.
+    std::vector<std::string> unknown;
+    for (const std::string& n : Locations(ids[i])) {
+      if (!answered.contains(n)) {
+        unknown.push_back(n);
+      } else if (std::find(s.good.begin(), s.good.end(), n) == s.good.end() &&
+                 std::find(s.bad.begin(), s.bad.end(), n) == s.bad.end()) {
+        s.lost.push_back(n);
+      }
+    }
+    for (const auto* list : {&s.bad, &s.lost}) {
+      for (const std::string& n : *list) drop[n].push_back(ids[i]);
+    }
+    std::string detail;
+    if (!s.bad.empty()) {
+      absl::StrAppend(&detail, "the copy on node(s) ", absl::StrJoin(s.bad, ", "),
+                      " failed verification");
+    }
+    if (!s.lost.empty()) {
+      absl::StrAppend(&detail, detail.empty() ? "" : "; ", "node(s) ",
+                      absl::StrJoin(s.lost, ", "), " lost their copy");
+    }
+    if (!s.good.empty()) {
+      out[i] = {detail.empty() ? ChunkCheck::kGood : ChunkCheck::kRepaired, detail};
+    } else if (!unknown.empty() || answered.size() < asked.size()) {
+      absl::StrAppend(&detail, detail.empty() ? "" : "; ",
+                      "no good copy on the nodes that answered; ",
+                      unknown.empty()
+                          ? "a node that did not answer"
+                          : absl::StrCat("node(s) ", absl::StrJoin(unknown, ", ")),
+                      " may hold one");
+      out[i] = {ChunkCheck::kUnverified, detail};
+    } else {
+      out[i] = {ChunkCheck::kBad,
+                detail.empty() ? "no storage node has a copy"
+                               : absl::StrCat(detail, "; no other node has a copy")};
+    }
+  }
+  // As ReportBadReplica: the nodes have quarantined the bad copies; drop
+  // their locations so repair re-copies from a good one.
+  for (const auto& [node, bad] : drop) {
+    SNAPBACK_RETURN_IF_ERROR(RemoveLocation(bad, node));
+  }
+  if (!drop.empty()) {
+    SNAPBACK_LOG(Warning, "verify: bad or lost copies on %d node(s); repairing",
+                 drop.size());
+    Wake();
+  }
+  return out;
+}
+
 absl::Status ClusterTier::PublishCatalog(const std::string& key, const std::string& value,
                                          int copies) {
   // The same rendezvous placement as chunks, keyed by the record's key, so

@@ -127,6 +127,14 @@ class ClusterTier final : public ChunkTier {
   absl::StatusOr<std::vector<bool>> EnsureCopies(absl::Span<const ChunkId> ids,
                                                  int copies) override;
   absl::StatusOr<uint64_t> Delete(absl::Span<const ChunkId> ids) override;
+  // Asks every node that may serve reads (UP, SUSPECT, DRAINING) to verify
+  // the ids (VerifyChunks; nodes quarantine bad copies). A chunk with a good
+  // copy whose other copies were bad, or missing where a location record
+  // put them, is kRepaired: those locations are dropped and repair woken,
+  // as ReportBadReplica does. A chunk with no good copy is kUnverified when
+  // a node that did not answer (or is DOWN) may hold one, else kBad.
+  absl::StatusOr<std::vector<ChunkCheck>> Verify(absl::Span<const ChunkId> ids,
+                                                 absl::Duration deadline) override;
   std::vector<std::string> endpoints() const override { return {}; }
   int replication() const override { return 1; }
   bool clustered() const override { return true; }

@@ -26,9 +26,10 @@ inline std::string Caller(const grpc::ServerContextBase* ctx) {
   return ctx->peer();
 }
 
+// `outcome`: "ok", or what the action found or failed with.
 inline void Audit(coordinator::CoordinatorStore* store, const std::string& who,
                   const std::string& action, const std::string& job, int64_t step,
-                  const std::string& reason, const absl::Status& outcome) {
+                  const std::string& reason, std::string outcome) {
   v1::AuditEntry e;
   e.set_unix_ms(absl::ToUnixMillis(absl::Now()));
   e.set_who(who);
@@ -36,12 +37,19 @@ inline void Audit(coordinator::CoordinatorStore* store, const std::string& who,
   e.set_job_id(job);
   e.set_step(step);
   e.set_reason(reason);
-  e.set_outcome(outcome.ok() ? "ok" : outcome.ToString());
+  e.set_outcome(std::move(outcome));
   absl::Status s = store->AppendAudit(std::move(e));
   if (!s.ok()) {
     SNAPBACK_LOG(Error, "audit log: %s on %s not recorded: %s", action, job,
                  s.ToString());
   }
+}
+
+inline void Audit(coordinator::CoordinatorStore* store, const std::string& who,
+                  const std::string& action, const std::string& job, int64_t step,
+                  const std::string& reason, const absl::Status& outcome) {
+  Audit(store, who, action, job, step, reason,
+        outcome.ok() ? std::string("ok") : outcome.ToString());
 }
 
 }  // namespace snapback::server

@@ -93,6 +93,14 @@ class CoordinatorServiceImpl final
   grpc::ServerUnaryReactor* ListAudit(grpc::CallbackServerContext* ctx,
                                       const v1::ListAuditRequest* req,
                                       v1::ListAuditResponse* resp) override;
+  // Server-streaming (verify_service.cc): the verification runs batch by
+  // batch (coordinator/verify.h), each batch its own task on the pool, so
+  // other calls are served between batches and a long verification holds
+  // no thread while it waits for its turn. Progress is coalesced (a slow
+  // reader gets the latest, not a backlog); a client that goes away stops
+  // the verification after the batch in flight.
+  grpc::ServerWriteReactor<v1::VerifyProgress>* VerifyCheckpoint(
+      grpc::CallbackServerContext* ctx, const v1::VerifyCheckpointRequest* req) override;
 
   // Called (on a pool thread) after each CommitRank that leaves its
   // checkpoint COMMITTED; the failure detector uses it for the restart-loop

@@ -5,6 +5,8 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/hash.h"
 #include "snapback/client.h"
 #include "testing/job_harness.h"
 #include "testing/storage_cluster.h"
@@ -31,10 +34,15 @@ struct CtlRun {
   std::string out;
 };
 
-// Runs snapbackctl with `args` against `endpoint`; stdout and the exit code.
-CtlRun Ctl(const std::string& endpoint, std::vector<std::string> args) {
+// Runs snapbackctl with `args` against `endpoint`; stdout (stderr instead
+// with `stderr_only`) and the exit code.
+CtlRun Ctl(const std::string& endpoint, std::vector<std::string> args,
+           bool stderr_only = false) {
   std::vector<std::string> argv = {Subprocess::BinPath("snapbackctl"),
                                    "--endpoint=" + endpoint, "--timeout=10s"};
+  if (stderr_only) {
+    argv.insert(argv.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1 >/dev/null"});
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   Subprocess p(argv);
   CtlRun r;
@@ -43,19 +51,74 @@ CtlRun Ctl(const std::string& endpoint, std::vector<std::string> args) {
   return r;
 }
 
+int Count(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t at = 0; (at = text.find(needle, at)) != std::string::npos; ++at) ++n;
+  return n;
+}
+
+// Flips a byte inside the stored bytes of chunk `id` in every segment file
+// of the chunk store in `data_dir` (a record's id sits 16 bytes into its
+// 64-byte header, the encoded bytes follow: docs/storage_format.md).
+// Returns how many copies it damaged.
+int CorruptChunk(const std::string& data_dir, const ChunkId& id) {
+  int damaged = 0;
+  for (const auto& e : std::filesystem::directory_iterator(data_dir + "/segments")) {
+    if (e.path().extension() != ".seg") continue;
+    const std::string bytes = testing::Slurp(e.path());
+    const std::string key(id.AsBytes());
+    for (size_t at = bytes.find(key); at != std::string::npos;
+         at = bytes.find(key, at + 1)) {
+      const size_t victim = at + 48 + 10;  // 10 bytes into the encoded bytes
+      if (at < 16 || victim >= bytes.size()) continue;
+      std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(victim));
+      f.put(static_cast<char>(bytes[victim] ^ 0x5a));
+      ++damaged;
+    }
+  }
+  return damaged;
+}
+
+// The CheckpointInfo objects of `checkpoints --json` output, by step.
+std::map<int64_t, std::string> CheckpointsByStep(const std::string& json) {
+  std::map<int64_t, std::string> out;
+  std::vector<std::string> parts = absl::StrSplit(json, "\"job_id\"");
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string key = "\"step\": \"";
+    const size_t at = parts[i].find(key);
+    int64_t step = -1;
+    if (at == std::string::npos ||
+        !absl::SimpleAtoi(
+            parts[i].substr(at + key.size(),
+                            parts[i].find('"', at + key.size()) - at - key.size()),
+            &step)) {
+      continue;
+    }
+    out[step] = parts[i];
+  }
+  return out;
+}
+
 // An embedded snapback-server process and a job "ops" of 2 ranks with
 // committed steps 1..3.
 class SnapbackctlTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void StartServer() {
     server_ = std::make_unique<Subprocess>(std::vector<std::string>{
-        Subprocess::BinPath("snapback-server"), "--data-dir=" + dir_.path() + "/server",
+        Subprocess::BinPath("snapback-server"), "--data-dir=" + data_dir(),
         "--listen=127.0.0.1:0", "--gc-interval=0s", "--gc-grace=0s"});
     auto line = server_->WaitForLine("snapback-server listening on", absl::Seconds(60));
     ASSERT_TRUE(line.has_value());
     const std::string key = "listening on ";
     const std::string rest = line->substr(line->find(key) + key.size());
     endpoint_ = rest.substr(0, rest.find(' '));
+  }
+
+  std::string data_dir() const { return dir_.path() + "/server"; }
+
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartServer());
     ClientOptions co;
     co.endpoint = endpoint_;
     auto client = Client::Connect(co);
@@ -162,6 +225,12 @@ TEST_F(SnapbackctlTest, PinDeleteAndGcWithTheirRefusals) {
 TEST_F(SnapbackctlTest, BadInputIsOneLineAndADocumentedExitCode) {
   EXPECT_EQ(Ctl(endpoint_, {"checkpoints", "no-such-job"}).code, 4);
   EXPECT_EQ(Ctl(endpoint_, {"show", "ops", "99"}).code, 4);
+  CtlRun unknown = Ctl(endpoint_, {"verify", "no-such-job"}, /*stderr_only=*/true);
+  EXPECT_EQ(unknown.code, 4);
+  EXPECT_EQ(Count(unknown.out, "\n"), 1) << unknown.out;
+  EXPECT_TRUE(absl::StrContains(unknown.out, "no-such-job")) << unknown.out;
+  EXPECT_EQ(Ctl(endpoint_, {"verify", "ops", "99"}).code, 4);
+  EXPECT_EQ(Ctl(endpoint_, {"verify"}).code, 2);
   EXPECT_EQ(Ctl(endpoint_, {"show", "ops", "minus-one"}).code, 2);
   EXPECT_EQ(Ctl(endpoint_, {"frobnicate"}).code, 2);
   EXPECT_EQ(Ctl(endpoint_, {}).code, 2);
@@ -177,6 +246,69 @@ TEST_F(SnapbackctlTest, BadInputIsOneLineAndADocumentedExitCode) {
   CtlRun nodes = Ctl(endpoint_, {"nodes"});
   EXPECT_EQ(nodes.code, 0);
   EXPECT_TRUE(absl::StrContains(nodes.out, "no storage cluster")) << nodes.out;
+}
+
+TEST_F(SnapbackctlTest, VerifyFindsMarksAndKeepsADamagedCheckpoint) {
+  // Healthy: every chunk of the three checkpoints (2 ranks x 1 chunk).
+  CtlRun ok = Ctl(endpoint_, {"--json", "verify", "ops", "--reason=weekly check"});
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  EXPECT_TRUE(absl::StrContains(ok.out, "\"chunks_verified\": \"6\"")) << ok.out;
+  EXPECT_TRUE(absl::StrContains(ok.out, "\"chunks_total\": \"6\"")) << ok.out;
+  EXPECT_EQ(Count(ok.out, "VERIFY_OK"), 3) << ok.out;
+  // The progress goes to stderr, a plain line per ~10% when not a terminal.
+  CtlRun progress = Ctl(endpoint_, {"verify", "ops", "3"}, /*stderr_only=*/true);
+  EXPECT_EQ(progress.code, 0) << progress.out;
+  EXPECT_TRUE(absl::StrContains(progress.out, "100%")) << progress.out;
+  EXPECT_TRUE(absl::StrContains(progress.out, "MB/s")) << progress.out;
+  EXPECT_FALSE(absl::StrContains(progress.out, "\r")) << progress.out;
+
+  // Damage rank 0's chunk of step 2 on disk.
+  ASSERT_EQ(CorruptChunk(data_dir(), Sha256(testing::MakeBytes(1 << 16, 20))), 1);
+  CtlRun bad = Ctl(endpoint_, {"verify", "ops"});
+  EXPECT_EQ(bad.code, 5) << bad.out;
+  // Rows: STEP CHUNKS SIZE ("0.1 MB") VERDICT REASON.
+  std::map<std::string, std::string> verdicts;
+  for (absl::string_view l : absl::StrSplit(bad.out, '\n')) {
+    std::vector<std::string> cols = absl::StrSplit(l, ' ', absl::SkipEmpty());
+    if (cols.size() >= 5 && cols[3] == "MB") verdicts[cols[0]] = cols[4];
+  }
+  EXPECT_EQ(verdicts, (std::map<std::string, std::string>{
+                          {"1", "ok"}, {"2", "DAMAGED"}, {"3", "ok"}}))
+      << bad.out;
+  EXPECT_TRUE(absl::StrContains(bad.out, "rank 0 tensor \"layer.weight\" chunk 0"))
+      << bad.out;
+  EXPECT_TRUE(absl::StrContains(bad.out, "failed verification")) << bad.out;
+  CtlRun said = Ctl(endpoint_, {"verify", "ops", "2"}, /*stderr_only=*/true);
+  EXPECT_EQ(said.code, 5);
+  EXPECT_TRUE(absl::StrContains(said.out, "damaged checkpoint(s) at step 2")) << said.out;
+
+  // Marked durably: only step 2, and still after a restart.
+  auto expect_marks = [&](const std::string& when) {
+    CtlRun json = Ctl(endpoint_, {"--json", "checkpoints", "ops"});
+    std::map<int64_t, std::string> by_step = CheckpointsByStep(json.out);
+    ASSERT_EQ(by_step.size(), 3u) << when << json.out;
+    for (const auto& [step, info] : by_step) {
+      EXPECT_EQ(absl::StrContains(info, "\"damaged\": true"), step == 2)
+          << when << ": step " << step << ": " << info;
+      EXPECT_EQ(absl::StrContains(info, "\"verified_unix_ms\": \"0\""), step == 2)
+          << when << ": step " << step << ": " << info;
+    }
+    EXPECT_TRUE(absl::StrContains(by_step[2], "rank 0 tensor")) << by_step[2];
+  };
+  expect_marks("after verify");
+  server_->Kill(SIGTERM);
+  ASSERT_EQ(server_->Wait(absl::Seconds(60)), 0);
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  expect_marks("after a restart");
+  EXPECT_TRUE(
+      absl::StrContains(Ctl(endpoint_, {"show", "ops", "2"}).out, "DAMAGED: rank 0"));
+  EXPECT_TRUE(absl::StrContains(Ctl(endpoint_, {"checkpoints", "ops"}).out, "DAMAGED"));
+  // The quarantined chunk stays bad; the audit log has every verdict.
+  EXPECT_EQ(Ctl(endpoint_, {"verify", "ops", "2"}).code, 5);
+  CtlRun audit = Ctl(endpoint_, {"--json", "audit"});
+  EXPECT_EQ(Count(audit.out, "\"action\": \"verify\""), 3 + 1 + 3 + 1 + 1) << audit.out;
+  EXPECT_TRUE(absl::StrContains(audit.out, "\"reason\": \"weekly check\"")) << audit.out;
+  EXPECT_TRUE(absl::StrContains(audit.out, "DAMAGED: rank 0")) << audit.out;
 }
 
 TEST(SnapbackctlClusterTest, NodesShowsTheMapAndReplicaState) {
@@ -204,6 +336,64 @@ TEST(SnapbackctlClusterTest, NodesShowsTheMapAndReplicaState) {
   CtlRun json = Ctl(cluster.coordinator(), {"--json", "nodes"});
   EXPECT_EQ(json.code, 0);
   EXPECT_TRUE(absl::StrContains(json.out, "\"state\": \"NODE_DOWN\"")) << json.out;
+}
+
+// One copy of a chunk bad on one node, a good one on another: verify
+// reports the checkpoint repaired (exit 0), and repair makes the second
+// copy again.
+TEST(SnapbackctlClusterTest, VerifyRepairsABadReplica) {
+  TempDir dir;
+  StorageClusterOptions o;
+  o.nodes = 3;
+  StorageCluster cluster(dir.path(), o);
+  ASSERT_TRUE(cluster.Start());
+  ClientOptions co;
+  co.endpoint = cluster.coordinator();
+  auto client = Client::Connect(co);
+  ASSERT_TRUE(client.ok()) << client.status();
+  CheckpointerOptions ko;
+  ko.job_id = "rep";
+  ko.world_size = 1;
+  ko.incarnation = 1;
+  ko.heartbeat_interval = absl::ZeroDuration();
+  ko.compress = false;
+  auto ck = (*client)->NewCheckpointer(ko);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  const std::string bytes = testing::MakeBytes(1 << 16, 7);
+  TensorView t;
+  t.name = "w";
+  t.dtype = DType::kUInt8;
+  t.shape = {1 << 16};
+  t.data = bytes.data();
+  auto h = (*ck)->Save(1, {t});
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_TRUE(h->Wait().ok());
+  const ChunkId id = Sha256(bytes);
+  std::vector<int> holders;
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto held = cluster.NodeChunks(i);
+    ASSERT_TRUE(held.ok()) << held.status();
+    if (held->contains(id)) holders.push_back(i);
+  }
+  ASSERT_EQ(holders.size(), 2u);
+  ASSERT_EQ(CorruptChunk(cluster.node_dir(holders[0]), id), 1);
+
+  CtlRun v = Ctl(cluster.coordinator(), {"verify", "rep", "1"});
+  EXPECT_EQ(v.code, 0) << v.out;
+  EXPECT_TRUE(absl::StrContains(v.out, "repaired")) << v.out;
+  EXPECT_TRUE(absl::StrContains(v.out, cluster.node_id(holders[0]))) << v.out;
+  EXPECT_TRUE(StorageCluster::WaitFor(
+      [&] {
+        auto st = cluster.ReplicaState();
+        return st.ok() && st->chunks() == 1 && st->under_replicated_chunks() == 0;
+      },
+      absl::Seconds(30)))
+      << "repair did not make the second copy again";
+  CtlRun again = Ctl(cluster.coordinator(), {"--json", "verify", "rep"});
+  EXPECT_EQ(again.code, 0) << again.out;
+  EXPECT_TRUE(absl::StrContains(again.out, "VERIFY_OK")) << again.out;
+  CtlRun json = Ctl(cluster.coordinator(), {"--json", "checkpoints", "rep"});
+  EXPECT_TRUE(absl::StrContains(json.out, "\"damaged\": false")) << json.out;
 }
 
 // The forced restore end to end: a 2-rank job runs under snapback-launch;

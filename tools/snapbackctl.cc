@@ -2,14 +2,19 @@
 //
 //   snapbackctl [--endpoint HOST:PORT] [--json] COMMAND [ARGS]
 //
-//   jobs                              every job: world size, latest, target, state
-//   checkpoints JOB                   a job's checkpoints: step, state, size, age, pin,
-//   copies show JOB STEP                     one checkpoint: ranks, tensors, dtypes,
-//   shapes, chunks pin JOB STEP | unpin JOB STEP     keep / release a checkpoint
-//   regardless of retention delete JOB STEP --reason R        delete a checkpoint (not
-//   the latest or a pinned one
-//                                     unless --force)
-//   gc                                retention + garbage collection now
+//   jobs                       every job: world size, latest, target, state
+//   checkpoints JOB            a job's checkpoints: step, state, size, age, pin,
+//                              copies, damaged, last verified
+//   show JOB STEP              one checkpoint: ranks, tensors, dtypes, shapes,
+//                              chunks, damage
+//   pin JOB STEP | unpin JOB STEP
+//                              keep / release a checkpoint regardless of retention
+//   delete JOB STEP --reason R delete a checkpoint (not the latest or a pinned one
+//                              unless --force)
+//   verify JOB [STEP]          read and verify every chunk of every rank (all
+//                              committed checkpoints without STEP), with a progress
+//                              bar; damaged checkpoints are marked
+//   gc                         retention + garbage collection now
 //   restore JOB --step N --reason R   forced restore: the job restarts from step N
 //                                     (--keep-target keeps N as the target afterwards)
 //   restart JOB --reason R            restart the job now from its latest checkpoint
@@ -19,12 +24,15 @@
 //
 // Exit codes (docs/operators.md): 0 done; 1 the server refused or failed
 // (the message says why and what to do); 2 bad command line; 3 the
-// coordinator cannot be reached; 4 no such job, step or node.
+// coordinator cannot be reached; 4 no such job, step or node; 5 verify found
+// a damaged checkpoint.
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -32,6 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
@@ -40,19 +49,24 @@
 #include "snapback/v1/cluster.grpc.pb.h"
 #include "snapback/v1/coordinator.grpc.pb.h"
 #include "snapback/v1/detector.grpc.pb.h"
+#include "tools/progress_bar.h"
 
 ABSL_FLAG(
     std::string, endpoint, "",
     "the coordinator, HOST:PORT (default: $SNAPBACK_ENDPOINT, else 127.0.0.1:7420)");
 ABSL_FLAG(bool, json, false, "print JSON (one object per command) instead of tables");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the coordinator's certificate (TLS)");
-ABSL_FLAG(std::string, reason, "", "why (required for restore, restart and delete)");
+ABSL_FLAG(std::string, reason, "",
+          "why (required for restore, restart and delete; recorded for pin, unpin, gc "
+          "and verify)");
 ABSL_FLAG(int64_t, step, -1, "restore: the committed step to restore");
 ABSL_FLAG(bool, force, false, "delete: also the latest committed or a pinned checkpoint");
 ABSL_FLAG(bool, keep_target, false,
           "restore: keep the step as the restore target after the restart (default: "
           "cleared once the restart is ordered, so later checkpoints take over)");
-ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "deadline of each call");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30),
+          "deadline of each call (verify: the longest silence between two progress "
+          "messages)");
 
 namespace {
 
@@ -66,12 +80,24 @@ constexpr char kUsage[] =
     "          delete JOB STEP --reason R [--force] | gc |\n"
     "          restore JOB --step N --reason R [--keep-target] | restart JOB --reason R "
     "|\n"
-    "          incidents JOB | nodes | audit\n"
+    "          incidents JOB | nodes | audit | verify JOB [STEP] [--reason R]\n"
+    "\n"
+    "verify reads and verifies every chunk of every rank of the step (of every\n"
+    "committed checkpoint without STEP), with a progress bar on stderr, prints a\n"
+    "result per checkpoint (ok, repaired, DAMAGED) and marks damaged ones.\n"
     "\n"
     "The operator's view of a snapback coordinator. Exit codes: 0 done, 1 refused or\n"
-    "failed by the server, 2 bad command line, 3 coordinator unreachable, 4 not found.";
+    "failed by the server, 2 bad command line, 3 coordinator unreachable, 4 not found,\n"
+    "5 verify found a damaged checkpoint.";
 
-enum Exit { kOk = 0, kFailed = 1, kBadUsage = 2, kUnreachable = 3, kNotFound = 4 };
+enum Exit {
+  kOk = 0,
+  kFailed = 1,
+  kBadUsage = 2,
+  kUnreachable = 3,
+  kNotFound = 4,
+  kDamaged = 5
+};
 
 [[noreturn]] void Usage(const std::string& message) {
   snapback::ExitBadFlag(kProgram, message);
@@ -189,16 +215,17 @@ class Ctl {
       PrintJson(resp);
       return kOk;
     }
-    std::printf("%10s %-10s %12s %6s %7s %6s  %s\n", "STEP", "STATE", "SIZE", "AGE",
-                "PINNED", "COPIES", "NOTE");
+    std::printf("%10s %-10s %12s %6s %7s %6s %7s %8s  %s\n", "STEP", "STATE", "SIZE",
+                "AGE", "PINNED", "COPIES", "DAMAGED", "VERIFIED", "NOTE");
     for (const v1::CheckpointInfo& c : resp.checkpoints()) {
       std::printf(
-          "%10lld %-10s %12s %6s %7s %6d  %s\n", static_cast<long long>(c.step()),
+          "%10lld %-10s %12s %6s %7s %6d %7s %8s  %s\n", static_cast<long long>(c.step()),
           v1::CheckpointState_Name(c.state()).c_str(), Mb(c.logical_bytes()).c_str(),
           Age(c.state() == v1::COMMITTED ? c.committed_unix_ms() : c.created_unix_ms())
               .c_str(),
           c.pinned() ? "yes" : "", std::max(1, c.replication()),
-          c.abort_reason().c_str());
+          c.damaged() ? "DAMAGED" : "", Age(c.verified_unix_ms()).c_str(),
+          c.damaged() ? c.damage_reason().c_str() : c.abort_reason().c_str());
     }
     return kOk;
   }
@@ -232,6 +259,23 @@ class Ctl {
     }
     std::printf("checkpoint %s@%lld: %d rank(s)\n", job.c_str(),
                 static_cast<long long>(step), info.world_size());
+    v1::ListCheckpointsRequest lr;
+    lr.set_job_id(job);
+    v1::ListCheckpointsResponse list;
+    s = coordinator_->ListCheckpoints(Ctx().get(), lr, &list);
+    if (!s.ok()) return Fail(s, absl::StrCat("checkpoints of job ", job));
+    for (const v1::CheckpointInfo& c : list.checkpoints()) {
+      if (c.step() != step) continue;
+      if (c.damaged()) {
+        std::printf("  DAMAGED: %s\n", c.damage_reason().c_str());
+      } else {
+        std::printf("  verified: %s\n", c.verified_unix_ms() > 0
+                                            ? absl::StrCat(Age(c.verified_unix_ms()),
+                                                           " ago, every chunk good")
+                                                  .c_str()
+                                            : "never (snapbackctl verify JOB STEP)");
+      }
+    }
     for (size_t r = 0; r < ranks.size(); ++r) {
       const v1::RankManifest& m = ranks[r].manifest();
       uint64_t bytes = 0, chunks = 0;
@@ -553,6 +597,119 @@ class Ctl {
     return kOk;
   }
 
+  int Verify(const std::string& job, int64_t step) {
+    v1::VerifyCheckpointRequest req;
+    req.set_job_id(job);
+    req.set_step(step);
+    req.set_reason(absl::GetFlag(FLAGS_reason));
+    const std::string what = step < 0 ? absl::StrCat("verifying job ", job)
+                                      : absl::StrCat("verifying ", job, "@", step);
+    // No deadline for the whole call (a large job takes a while); instead
+    // the coordinator must not fall silent for longer than --timeout.
+    grpc::ClientContext ctx;
+    const absl::Duration idle = absl::GetFlag(FLAGS_timeout);
+    absl::Mutex mu;
+    absl::Time last = absl::Now();
+    bool over = false, silent = false;
+    std::thread watchdog([&] {
+      absl::MutexLock lock(&mu);
+      while (!over) {
+        mu.AwaitWithDeadline(absl::Condition(&over), last + idle);
+        if (!over && absl::Now() >= last + idle) {
+          silent = true;
+          ctx.TryCancel();
+          return;
+        }
+      }
+    });
+    auto reader = coordinator_->VerifyCheckpoint(&ctx, req);
+    snapback::tools::ProgressBar bar(stderr, isatty(fileno(stderr)) == 1);
+    v1::VerifyProgress p, final;
+    bool started = false;
+    while (reader->Read(&p)) {
+      {
+        absl::MutexLock lock(&mu);
+        last = absl::Now();
+      }
+      started = true;
+      std::string label = absl::StrCat("verify ", job);
+      if (p.current_step() >= 0) absl::StrAppend(&label, "@", p.current_step());
+      absl::StrAppend(&label, " (", p.checkpoints_done(), "/", p.checkpoints_total(),
+                      ")");
+      std::string extra;
+      if (p.bad_chunks_found() > 0) absl::StrAppend(&extra, p.bad_chunks_found(), " bad");
+      if (p.repaired_chunks() > 0) {
+        absl::StrAppend(&extra, extra.empty() ? "" : ", ", p.repaired_chunks(),
+                        " repaired");
+      }
+      bar.Update(p.bytes_verified(), p.bytes_total(), label, extra);
+      if (p.final()) final = p;
+    }
+    grpc::Status s = reader->Finish();
+    {
+      absl::MutexLock lock(&mu);
+      over = true;
+    }
+    watchdog.join();
+    if (started) bar.Finish();
+    if (silent) {
+      std::fprintf(
+          stderr,
+          "%s: %s: no progress from the coordinator for %s (--timeout); check it "
+          "and its storage nodes, or raise --timeout\n",
+          kProgram, what.c_str(), absl::FormatDuration(idle).c_str());
+      return kUnreachable;
+    }
+    if (!s.ok()) return Fail(s, what);
+    if (!final.final())
+      return Fail(
+          grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without a result"),
+          what);
+    if (json_) {
+      PrintJson(final);
+    } else {
+      std::printf("%10s %8s %12s  %-10s %s\n", "STEP", "CHUNKS", "SIZE", "VERDICT",
+                  "REASON");
+    }
+    std::vector<std::string> damaged, incomplete;
+    for (const v1::CheckpointVerification& r : final.results()) {
+      const char* verdict = "ok";
+      if (r.verdict() == v1::VERIFY_REPAIRED) verdict = "repaired";
+      if (r.verdict() == v1::VERIFY_DAMAGED) verdict = "DAMAGED";
+      if (r.verdict() == v1::VERIFY_INCOMPLETE) verdict = "incomplete";
+      if (r.verdict() == v1::VERIFY_DAMAGED) damaged.push_back(absl::StrCat(r.step()));
+      if (r.verdict() == v1::VERIFY_INCOMPLETE)
+        incomplete.push_back(absl::StrCat(r.step()));
+      if (!json_) {
+        std::printf("%10lld %8llu %12s  %-10s %s\n", static_cast<long long>(r.step()),
+                    static_cast<unsigned long long>(r.chunks()), Mb(r.bytes()).c_str(),
+                    verdict, r.reason().c_str());
+      }
+    }
+    if (!json_) {
+      std::printf("%d checkpoint(s), %llu distinct chunk(s), %s verified; %zu damaged\n",
+                  final.results_size(),
+                  static_cast<unsigned long long>(final.chunks_verified()),
+                  Mb(final.bytes_verified()).c_str(), damaged.size());
+    }
+    if (!damaged.empty()) {
+      std::fprintf(
+          stderr,
+          "%s: job %s: damaged checkpoint(s) at step %s: they cannot be restored "
+          "as is (see the reasons above)\n",
+          kProgram, job.c_str(), absl::StrJoin(damaged, ", ").c_str());
+      return kDamaged;
+    }
+    if (!incomplete.empty()) {
+      std::fprintf(stderr,
+                   "%s: job %s: step %s could not be verified completely (storage nodes "
+                   "did not answer); verify again once they are back\n",
+                   kProgram, job.c_str(), absl::StrJoin(incomplete, ", ").c_str());
+      return kFailed;
+    }
+    return kOk;
+  }
+
   bool json_ = false;
 
  private:
@@ -632,7 +789,13 @@ int main(int argc, char** argv) {
     want(0, "");
     return ctl.AuditLog();
   }
+  if (cmd == "verify") {
+    if (args.size() != 2 && args.size() != 3) {
+      Usage("usage: snapbackctl verify JOB [STEP] [--reason R]");
+    }
+    return ctl.Verify(args[1], args.size() == 3 ? ParseStep(args[2]) : -1);
+  }
   Usage(absl::StrCat("unknown command '", cmd,
                      "'; use jobs, checkpoints, show, pin, unpin, delete, gc, restore, "
-                     "restart, incidents, nodes or audit"));
+                     "restart, incidents, nodes, audit or verify"));
 }
