@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "server/server_metrics.h"
+
 namespace snapback::server {
 
 using rpc::Fill;
@@ -21,8 +23,15 @@ grpc::ServerUnaryReactor* ClusterServiceImpl::RegisterNode(
 grpc::ServerUnaryReactor* ClusterServiceImpl::NodeHeartbeat(
     grpc::CallbackServerContext* ctx, const v1::NodeHeartbeatRequest* req,
     v1::NodeHeartbeatResponse* resp) {
-  return rpc::RunOnPool(ctx, membership_pool_, &calls_, "NodeHeartbeat",
-                        [this, req, resp] { return Fill(tier_->Heartbeat(*req), resp); });
+  return rpc::RunOnPool(
+      ctx, membership_pool_, &calls_, "NodeHeartbeat", [this, req, resp] {
+        absl::Status s = Fill(tier_->Heartbeat(*req), resp);
+        if (s.ok() && metrics_ != nullptr && resp->lost_acknowledged() > 0) {
+          metrics_->lost_reported->WithLabels({req->node_id()})
+              ->Inc(resp->lost_acknowledged());
+        }
+        return s;
+      });
 }
 
 grpc::ServerUnaryReactor* ClusterServiceImpl::ListNodes(grpc::CallbackServerContext* ctx,
@@ -55,7 +64,13 @@ grpc::ServerUnaryReactor* ClusterServiceImpl::ScrubNodes(grpc::CallbackServerCon
                                                          const v1::ScrubNodesRequest* req,
                                                          v1::ScrubNodesResponse* resp) {
   return rpc::RunOnPool(ctx, pool_, &calls_, "ScrubNodes", [this, req, resp] {
-    return Fill(tier_->Scrub(req->node_id()), resp);
+    absl::Status s = Fill(tier_->Scrub(req->node_id()), resp);
+    if (s.ok() && metrics_ != nullptr) {
+      metrics_->scrub_checked->Inc(static_cast<double>(resp->checked()));
+      metrics_->scrub_bad->Inc(static_cast<double>(resp->bad()));
+      metrics_->scrub_repaired->Inc(static_cast<double>(resp->repaired()));
+    }
+    return s;
   });
 }
 
@@ -63,7 +78,10 @@ grpc::ServerUnaryReactor* ClusterServiceImpl::ReportBadReplica(
     grpc::CallbackServerContext* ctx, const v1::ReportBadReplicaRequest* req,
     v1::ReportBadReplicaResponse* resp) {
   return rpc::RunOnPool(ctx, pool_, &calls_, "ReportBadReplica", [this, req, resp] {
-    return Fill(tier_->ReportBadReplica(*req), resp);
+    absl::Status s = Fill(tier_->ReportBadReplica(*req), resp);
+    if (s.ok() && metrics_ != nullptr)
+      metrics_->bad_replica_reports->Inc(resp->confirmed());
+    return s;
   });
 }
 

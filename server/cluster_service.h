@@ -15,11 +15,18 @@
 
 namespace snapback::server {
 
+struct ClusterMetrics;  // server_metrics.h
+
 class ClusterServiceImpl final : public v1::ClusterService::CallbackService {
  public:
   ClusterServiceImpl(coordinator::ClusterTier* tier, ThreadPool* membership_pool,
                      ThreadPool* pool)
       : tier_(tier), membership_pool_(membership_pool), pool_(pool) {}
+  // Counts scrub results, confirmed bad replicas and lost copies reported
+  // by nodes into `metrics` (not owned; outlives the service). Before the
+  // service is registered.
+  // Default: nullptr (not counted)
+  void SetMetrics(ClusterMetrics* metrics) { metrics_ = metrics; }
 
   grpc::ServerUnaryReactor* RegisterNode(grpc::CallbackServerContext* ctx,
                                          const v1::RegisterNodeRequest* req,
@@ -51,6 +58,7 @@ class ClusterServiceImpl final : public v1::ClusterService::CallbackService {
   coordinator::ClusterTier* const tier_;
   ThreadPool* const membership_pool_;
   ThreadPool* const pool_;
+  ClusterMetrics* metrics_ = nullptr;
   rpc::CallTracker calls_;
 };
 

@@ -67,6 +67,7 @@ grpc::ServerUnaryReactor* CoordinatorServiceImpl::CommitRank(
     if (s.ok() && resp->checkpoint_committed() && on_commit_) {
       on_commit_(req->rank().job_id(), req->step());
     }
+    if (s.ok() && on_commit_rank_) on_commit_rank_(*req, *resp);
     return s;
   });
 }

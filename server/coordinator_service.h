@@ -108,6 +108,13 @@ class CoordinatorServiceImpl final
   void SetCommitListener(std::function<void(const std::string&, int64_t)> f) {
     on_commit_ = std::move(f);
   }
+  // Called (on a pool thread) after every successful CommitRank, with the
+  // request and the answer (metrics). Set before the service is registered.
+  void SetCommitObserver(
+      std::function<void(const v1::CommitRankRequest&, const v1::CommitRankResponse&)>
+          f) {
+    on_commit_rank_ = std::move(f);
+  }
 
   // Blocks until no call is alive or `deadline` passes. True when idle.
   bool WaitIdle(absl::Time deadline = absl::InfiniteFuture());
@@ -123,6 +130,8 @@ class CoordinatorServiceImpl final
   coordinator::CoordinatorStore* const store_;
   ThreadPool* const pool_;
   std::function<void(const std::string&, int64_t)> on_commit_;
+  std::function<void(const v1::CommitRankRequest&, const v1::CommitRankResponse&)>
+      on_commit_rank_;
   rpc::CallTracker calls_;
 };
 

@@ -16,6 +16,8 @@
 #include <tuple>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -127,6 +129,14 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, exec_cancel_command, "", "the exec scheduler: cancel command");
 ABSL_FLAG(std::string, exec_status_command, "", "the exec scheduler: status command");
 ABSL_FLAG(std::string, ready_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(
+    std::string, http_listen, "127.0.0.1:7421",
+    "serve /metrics (Prometheus) and an index page over HTTP here (plaintext: "
+    "loopback only without --allow-insecure-remote; \"\" = off); when not given and "
+    "--listen's port is not 7420, any free port on 127.0.0.1 (see the listening line "
+    "or --http-ready-file), so servers started side by side do not collide");
+ABSL_FLAG(std::string, http_ready_file, "",
+          "write the bound HTTP port to this file once serving");
 
 namespace {
 
@@ -160,6 +170,7 @@ struct Flags {
   snapback::detector::ExecAdapterOptions exec;
   std::string io;
   std::string ready_file;
+  std::string http_ready_file;
 };
 
 Flags ParseFlags(int argc, char** argv) {
@@ -246,6 +257,17 @@ Flags ParseFlags(int argc, char** argv) {
   flags.exec.cancel_command = absl::GetFlag(FLAGS_exec_cancel_command);
   flags.exec.status_command = absl::GetFlag(FLAGS_exec_status_command);
   flags.ready_file = absl::GetFlag(FLAGS_ready_file);
+  flags.http_ready_file = absl::GetFlag(FLAGS_http_ready_file);
+  o.http_listen = absl::GetFlag(FLAGS_http_listen);
+  // Abseil of Debian 12 has no public "was this flag given" (the
+  // CommandLineFlag method is private there); this is what it forwards to.
+  if (!absl::flags_internal::WasPresentOnCommandLine("http_listen") &&
+      !absl::EndsWith(o.listen, ":7420")) {
+    o.http_listen = "127.0.0.1:0";
+  }
+  if (!flags.http_ready_file.empty() && o.http_listen.empty()) {
+    BadFlag("--http-ready-file needs an HTTP server; drop --http-listen=\"\"");
+  }
 
   if (o.data_dir.empty()) {
     BadFlag(
@@ -340,10 +362,16 @@ int main(int argc, char** argv) {
   // The ready file first, then the "listening" line: a supervisor that sees
   // the line (or the file) can rely on both.
   bool ready_ok = true;
+  std::string bad_file;
   if (!flags.ready_file.empty() && !WriteReadyFile(flags.ready_file, (*server)->port())) {
+    bad_file = "--ready-file " + flags.ready_file;
+  } else if (!flags.http_ready_file.empty() &&
+             !WriteReadyFile(flags.http_ready_file, (*server)->http_port())) {
+    bad_file = "--http-ready-file " + flags.http_ready_file;
+  }
+  if (!bad_file.empty()) {
     ready_ok = false;
-    SNAPBACK_LOG(Error, "cannot write --ready-file %s: %s", flags.ready_file,
-                 std::strerror(errno));
+    SNAPBACK_LOG(Error, "cannot write %s: %s", bad_file, std::strerror(errno));
     // Wake the signal thread so the process shuts down the same way.
     kill(getpid(), SIGTERM);
   } else {
@@ -360,10 +388,13 @@ int main(int argc, char** argv) {
                       ? absl::StrCat(", node ", (*server)->node_agent()->node_id(),
                                      " of ", flags.options.node.coordinator)
                       : "");
-    std::printf("snapback-server listening on %s (role %s, data %s, %s)\n",
+    const std::string http = (*server)->http_port() != 0
+                                 ? absl::StrCat("http://", (*server)->http_address())
+                                 : std::string("no http");
+    std::printf("snapback-server listening on %s (role %s, data %s, %s, %s)\n",
                 (*server)->address().c_str(),
                 role.empty() ? "storage+coordinator" : role.c_str(),
-                flags.options.data_dir.c_str(), where.c_str());
+                flags.options.data_dir.c_str(), where.c_str(), http.c_str());
     std::fflush(stdout);
   }
 

@@ -56,9 +56,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                 .tls_client_ca_file = options.tls_client_ca_file,
                                 .allow_insecure_remote = options.allow_insecure_remote,
                             }));
+  if (!options.http_listen.empty() && !options.allow_insecure_remote &&
+      !rpc::IsLoopbackListenAddress(options.http_listen)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to serve HTTP (plaintext) on ", options.http_listen,
+        ", which other machines can reach; use --http-listen=127.0.0.1:PORT (and scrape "
+        "through a proxy or tunnel), or --allow-insecure-remote inside a trusted "
+        "network"));
+  }
 
   std::unique_ptr<Server> server(new Server());
   server->role_ = role;
+  server->metrics_ = std::make_unique<metrics::MetricsRegistry>();
   if (role == "coordinator" && !options.storage_endpoints.empty()) {
     SNAPBACK_ASSIGN_OR_RETURN(
         server->tier_, coordinator::RemoteChunkTier::Connect(options.storage_endpoints,
@@ -136,6 +145,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         [d = server->detector_.get()](const std::string& job, int64_t step) {
           d->OnCommitted(job, step);
         });
+    server->coordinator_metrics_ = std::make_unique<CoordinatorMetrics>(
+        server->metrics_.get(), server->coordinator_store_.get());
+    server->coordinator_service_->SetCommitObserver(
+        [m = server->coordinator_metrics_.get()](const v1::CommitRankRequest& req,
+                                                 const v1::CommitRankResponse& resp) {
+          m->OnCommitRank(req, resp);
+        });
+    AddCoordinatorCollectors(server->metrics_.get(), server->coordinator_store_.get(),
+                             server->detector_.get());
+    if (server->cluster_service_ != nullptr) {
+      server->cluster_metrics_ = std::make_unique<ClusterMetrics>(server->metrics_.get());
+      server->cluster_service_->SetMetrics(server->cluster_metrics_.get());
+      AddClusterCollectors(server->metrics_.get(), server->cluster_);
+    }
   }
   if (run_storage) {
     int verify_threads = options.verify_threads;
@@ -158,6 +181,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     server->service_ = std::make_unique<StorageServiceImpl>(
         server->store_.get(), server->verify_pool_.get(), server->io_pool_.get(),
         options.limits, std::move(hooks));
+    server->storage_metrics_ = std::make_unique<StorageMetrics>(server->metrics_.get());
+    server->service_->SetMetrics(server->storage_metrics_.get());
+    AddChunkStoreCollectors(server->metrics_.get(), server->store_.get());
   }
 
   grpc::ServerBuilder builder;
@@ -218,11 +244,37 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         NodeAgent::Start(std::move(node), options.data_dir, server->store_.get(),
                          server->peers_.get()));
   }
+  if (!options.http_listen.empty()) {
+    SNAPBACK_RETURN_IF_ERROR(server->StartHttp(options));
+  }
   if (run_coordinator && options.gc_interval > absl::ZeroDuration()) {
     server->gc_thread_ = std::thread(
         [s = server.get(), interval = options.gc_interval] { s->GcLoop(interval); });
   }
   return server;
+}
+
+absl::Status Server::StartHttp(const ServerOptions& options) {
+  SNAPBACK_ASSIGN_OR_RETURN(
+      http_, HttpServer::Start(options.http_listen,
+                               {.allow_insecure_remote = options.allow_insecure_remote}));
+  http_->Handle("/metrics", [m = metrics_.get()](const HttpRequest&) {
+    return HttpResponse{.content_type = metrics::MetricsRegistry::kContentType,
+                        .body = m->Render()};
+  });
+  http_->Handle("/", [h = http_.get(), role = role_](const HttpRequest&) {
+    std::string body = absl::StrCat(
+        "<!doctype html>\n<html><head><title>snapback-server</title></head><body>\n"
+        "<h1>snapback-server</h1>\n<p>role ",
+        role.empty() ? "storage+coordinator" : role, "</p>\n<ul>\n");
+    for (const std::string& path : h->Paths()) {
+      if (path == "/") continue;
+      absl::StrAppend(&body, "<li><a href=\"", path, "\">", path, "</a></li>\n");
+    }
+    absl::StrAppend(&body, "</ul>\n</body></html>\n");
+    return HttpResponse{.content_type = "text/html; charset=utf-8", .body = body};
+  });
+  return absl::OkStatus();
 }
 
 void Server::GcLoop(absl::Duration interval) {
@@ -247,6 +299,8 @@ Server::~Server() { Shutdown(); }
 void Server::Shutdown(absl::Duration grace) {
   absl::MutexLock lock(&shutdown_mu_);
   if (shutdown_done_.HasBeenNotified()) return;
+  // No scrapes of a server shutting down (collectors read the stores).
+  if (http_ != nullptr) http_->Stop();
   {
     absl::MutexLock gc_lock(&gc_mu_);
     gc_stop_ = true;

@@ -29,6 +29,11 @@
 // allow_insecure_remote is set, so a node is never exposed unencrypted by
 // accident.
 //
+// HTTP: with http_listen set, an HttpServer serves /metrics (Prometheus
+// text format; docs/metrics.md) and an index page "/" listing the
+// endpoints; other code adds its pages through http(). Plaintext, so
+// loopback-only unless allow_insecure_remote, like the gRPC port.
+//
 // Thread-safe: port() any time; Shutdown() and Wait() from any thread.
 #ifndef SNAPBACK_SERVER_SERVER_H_
 #define SNAPBACK_SERVER_SERVER_H_
@@ -50,8 +55,10 @@
 #include "server/cluster_service.h"
 #include "server/coordinator_service.h"
 #include "server/detector_service.h"
+#include "server/http_server.h"
 #include "server/node_agent.h"
 #include "server/peers.h"
+#include "server/server_metrics.h"
 #include "server/storage_service.h"
 #include "storage/catalog.h"
 #include "storage/chunk_store.h"
@@ -71,6 +78,11 @@ struct ServerOptions {
   // IPv6 hosts in brackets ("[::1]:7420"); "unix:/path" for a unix socket.
   // Default: "127.0.0.1:0"
   std::string listen = "127.0.0.1:0";
+  // HOST:PORT of the HTTP endpoints (/metrics, /); port 0 picks a free
+  // port (see Server::http_port()); "" = no HTTP server. Plaintext: a
+  // non-loopback host needs allow_insecure_remote.
+  // Default: "127.0.0.1:0"
+  std::string http_listen = "127.0.0.1:0";
   // Which services this process runs: "" (all, the embedded default),
   // "storage" or "coordinator" (see the top of this file).
   // Default: ""
@@ -174,6 +186,15 @@ class Server {
   const std::string& io_mode() const { return io_mode_; }
   // The role being served ("", "storage" or "coordinator").
   const std::string& role() const { return role_; }
+  // The bound HTTP port, 0 without an HTTP server (http_listen "").
+  int http_port() const { return http_ != nullptr ? http_->port() : 0; }
+  // "HOST:PORT" of the HTTP server, "" without one.
+  std::string http_address() const { return http_ != nullptr ? http_->address() : ""; }
+  // The HTTP server, for other pages (Handle()); nullptr without one. Owned
+  // by the server; stopped first by Shutdown().
+  HttpServer* http() { return http_.get(); }
+  // The registry behind /metrics, for more metrics or collectors.
+  metrics::MetricsRegistry* metrics() { return metrics_.get(); }
 
   // Stops the GC loop and accepting calls, lets calls in flight finish for
   // up to `grace`, cancels the rest, and waits until every call and the
@@ -198,11 +219,18 @@ class Server {
  private:
   Server() = default;
   void GcLoop(absl::Duration interval);
+  // Starts http_ on options.http_listen with /metrics and the index page.
+  absl::Status StartHttp(const ServerOptions& options);
 
   // Destruction order matters: gRPC server before the services it calls,
   // services before the pools their calls use, pools before the stores, the
   // metadata engine before the tier it calls, the tier before the chunk
-  // store it wraps.
+  // store it wraps. The metrics outlive the services that count into them;
+  // the HTTP server, whose collectors read everything, goes first.
+  std::unique_ptr<metrics::MetricsRegistry> metrics_;
+  std::unique_ptr<CoordinatorMetrics> coordinator_metrics_;
+  std::unique_ptr<StorageMetrics> storage_metrics_;
+  std::unique_ptr<ClusterMetrics> cluster_metrics_;
   std::unique_ptr<storage::ChunkStore> store_;
   std::unique_ptr<coordinator::ChunkTier> tier_;
   coordinator::ClusterTier* cluster_ = nullptr;  // tier_ when it is a cluster
@@ -222,6 +250,7 @@ class Server {
   std::unique_ptr<detector::Detector> detector_;
   std::unique_ptr<DetectorServiceImpl> detector_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HttpServer> http_;
   int port_ = 0;
   std::string address_;
   std::string io_mode_;

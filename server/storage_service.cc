@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "rpc/grpc_status.h"
 #include "server/forward.h"
+#include "server/server_metrics.h"
 
 namespace snapback::server {
 namespace {
@@ -32,6 +33,21 @@ constexpr uint64_t kGetPrefetchBytes = 32ull << 20;
 // Ids per ChunkStore::Get call while streaming: enough for the store to
 // overlap reads, few enough to bound the read-ahead.
 constexpr size_t kGetFetchBatch = 4;
+
+void CountPut(const StorageMetrics& m, const storage::PutResult& r) {
+  m.chunks_put->Inc(r.stored);
+  m.chunks_present->Inc(r.already_present);
+  m.bytes_written->Inc(static_cast<double>(r.bytes_written));
+}
+
+void CountRead(const StorageMetrics& m, const absl::StatusOr<EncodedChunk>& r) {
+  if (r.ok()) {
+    m.chunks_read->Inc();
+    m.bytes_read->Inc(static_cast<double>(r->data.size()));
+  } else if (absl::IsDataLoss(r.status())) {
+    m.read_failures->Inc();
+  }
+}
 
 bool ValidElementSize(uint32_t n) { return n == 1 || n == 2 || n == 4 || n == 8; }
 
@@ -311,6 +327,7 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
       --tasks_;
       --batch->verifying;
       if (!status.ok()) {
+        if (c_->metrics != nullptr) c_->metrics->put_verify_failures->Inc();
         Fail(Annotate(status, absl::StrCat("chunk ", ordinal, " (", chunk->id.ShortHex(),
                                            ") rejected, nothing of it stored")));
       }
@@ -345,6 +362,7 @@ class PutReactor final : public grpc::ServerReadReactor<PutChunksRequest>,
         stored_ += result.stored;
         already_present_ += result.already_present;
         bytes_written_ += result.bytes_written;
+        if (c_->metrics != nullptr) CountPut(*c_->metrics, result);
       } else {
         Fail(Annotate(status, "storing chunks"));
       }
@@ -525,6 +543,7 @@ class GetReactor final : public grpc::ServerWriteReactor<GetChunksResponse>,
           } else {
             for (auto& r : results) {
               if (r.ok()) buffered_bytes_ += r->data.size();
+              if (c_->metrics != nullptr) CountRead(*c_->metrics, r);
               fetched_.push_back(std::move(r));
             }
           }
@@ -811,6 +830,7 @@ grpc::ServerUnaryReactor* StorageServiceImpl::ReplicateChunks(
             PaceRepair(bytes, cluster.repair_bytes_per_sec);
             storage::PutResult result;
             SNAPBACK_RETURN_IF_ERROR(context_.store->Put(good, &result));
+            if (context_.metrics != nullptr) CountPut(*context_.metrics, result);
             response->set_copied(response->copied() + static_cast<uint32_t>(good.size()));
             response->set_bytes(response->bytes() + bytes);
           }

@@ -34,6 +34,8 @@
 
 namespace snapback::server {
 
+struct StorageMetrics;  // server_metrics.h
+
 // Bytes a frame may carry beyond its data slice (header fields, protobuf
 // framing). Frames are limited to data + this slack.
 inline constexpr uint32_t kFrameSlackBytes = 64u << 10;
@@ -95,6 +97,10 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
                      ClusterHooks cluster = {});
   // Must not run while calls are alive (see WaitIdle).
   ~StorageServiceImpl() override;
+  // Counts chunks put and read into `metrics` (not owned; must outlive the
+  // service). Before the service is registered.
+  // Default: nullptr (not counted)
+  void SetMetrics(const StorageMetrics* metrics) { context_.metrics = metrics; }
 
   grpc::ServerReadReactor<snapback::v1::PutChunksRequest>* PutChunks(
       grpc::CallbackServerContext* ctx,
@@ -145,6 +151,7 @@ class StorageServiceImpl final : public snapback::v1::StorageService::CallbackSe
     StorageLimits limits;
     StorageServiceImpl* service;
     ClusterHooks cluster;
+    const StorageMetrics* metrics = nullptr;
   };
   // A call starts / ends (a reactor is created / destroyed).
   void CallStarted() { calls_.Started(); }
