@@ -313,7 +313,7 @@ TEST(MetricsTest, PrometheusScrapesSavesIncidentsClusterStateAndTheDashboardsMet
   }
 
   // What the coordinator says, to compare the metrics with.
-  uint64_t logical = 0;
+  uint64_t logical = 0, new_bytes = 0;
   {
     grpc::ClientContext ctx;
     v1::ListCheckpointsRequest req;
@@ -321,7 +321,9 @@ TEST(MetricsTest, PrometheusScrapesSavesIncidentsClusterStateAndTheDashboardsMet
     v1::ListCheckpointsResponse resp;
     ASSERT_TRUE(coordinator->ListCheckpoints(&ctx, req, &resp).ok());
     for (const auto& c : resp.checkpoints()) {
-      if (c.state() == v1::COMMITTED) logical += c.logical_bytes();
+      if (c.state() != v1::COMMITTED) continue;
+      logical += c.logical_bytes();
+      new_bytes += c.new_bytes();
     }
   }
   EXPECT_GE(logical, 3u * 2 * (1 << 16));
@@ -345,6 +347,16 @@ TEST(MetricsTest, PrometheusScrapesSavesIncidentsClusterStateAndTheDashboardsMet
   EXPECT_EQ(prom.WaitValue(R"(snapback_save_logical_bytes_total{job_id="saves"})",
                            static_cast<double>(logical)),
             static_cast<double>(logical));
+  // The ranks' SaveStats: the new bytes summed per checkpoint, one stage
+  // observation per rank and save (2 ranks x 3 saves).
+  EXPECT_GT(new_bytes, 0u);
+  EXPECT_EQ(prom.WaitValue(R"(snapback_save_new_bytes_total{job_id="saves"})",
+                           static_cast<double>(new_bytes)),
+            static_cast<double>(new_bytes));
+  EXPECT_EQ(
+      prom.WaitValue(R"(snapback_save_to_durable_seconds_count{job_id="saves"})", 6), 6);
+  EXPECT_EQ(prom.WaitValue(R"(snapback_save_blocked_seconds_count{job_id="saves"})", 6),
+            6);
   EXPECT_EQ(
       prom.WaitValue(R"(snapback_checkpoints{job_id="saves",state="COMMITTED"})", 3), 3);
   EXPECT_EQ(prom.WaitValue(R"(snapback_job_state{job_id="saves",state="FINISHED"})", 1),
