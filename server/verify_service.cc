@@ -129,7 +129,9 @@ class VerifyReactor final : public grpc::ServerWriteReactor<v1::VerifyProgress> 
       has_pending_ = true;
       if (done) {
         work_done_ = true;
-      } else if (!cancelled_) {
+      } else {
+        // Also when cancelled: the next task records the cancellation in
+        // the audit log and ends the call.
         ScheduleLocked();
       }
     }
