@@ -128,6 +128,15 @@ ABSL_FLAG(
     "replaced (shell-quoted)");
 ABSL_FLAG(std::string, exec_cancel_command, "", "the exec scheduler: cancel command");
 ABSL_FLAG(std::string, exec_status_command, "", "the exec scheduler: status command");
+ABSL_FLAG(absl::Duration, sla_mttr, absl::Minutes(5),
+          "SLA report target: p90 time from detection to the first new step");
+ABSL_FLAG(absl::Duration, sla_lost_work, absl::Minutes(10),
+          "SLA report target: p90 work lost per incident (fault - commit of the restored "
+          "step)");
+ABSL_FLAG(absl::Duration, sla_mttd, absl::Minutes(1),
+          "SLA report target: p90 time from a fault to its detection");
+ABSL_FLAG(double, sla_goodput, 0.95,
+          "SLA report target: productive share of a job's wall time, 0..1");
 ABSL_FLAG(std::string, ready_file, "", "write the bound port to this file once serving");
 ABSL_FLAG(
     std::string, http_listen, "127.0.0.1:7421",
@@ -257,6 +266,18 @@ Flags ParseFlags(int argc, char** argv) {
   flags.exec.cancel_command = absl::GetFlag(FLAGS_exec_cancel_command);
   flags.exec.status_command = absl::GetFlag(FLAGS_exec_status_command);
   flags.ready_file = absl::GetFlag(FLAGS_ready_file);
+  o.sla_targets.set_mttr_seconds(
+      absl::ToDoubleSeconds(DurationFlag("sla-mttr", FLAGS_sla_mttr, false)));
+  o.sla_targets.set_lost_work_seconds(
+      absl::ToDoubleSeconds(DurationFlag("sla-lost-work", FLAGS_sla_lost_work, false)));
+  o.sla_targets.set_mttd_seconds(
+      absl::ToDoubleSeconds(DurationFlag("sla-mttd", FLAGS_sla_mttd, false)));
+  const double goodput = absl::GetFlag(FLAGS_sla_goodput);
+  if (!(goodput >= 0 && goodput <= 1)) {
+    BadFlag(
+        absl::StrCat("--sla-goodput '", goodput, "' must be a ratio in 0..1, e.g. 0.95"));
+  }
+  o.sla_targets.set_goodput(goodput);
   flags.http_ready_file = absl::GetFlag(FLAGS_http_ready_file);
   o.http_listen = absl::GetFlag(FLAGS_http_listen);
   // Abseil of Debian 12 has no public "was this flag given" (the

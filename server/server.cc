@@ -154,6 +154,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         });
     AddCoordinatorCollectors(server->metrics_.get(), server->coordinator_store_.get(),
                              server->detector_.get());
+    server->sla_targets_ = options.sla_targets;
+    server->report_service_ = std::make_unique<ReportServiceImpl>(
+        server->coordinator_store_.get(), server->detector_.get(), options.sla_targets,
+        server->coordinator_pool_.get());
+    AddReportCollectors(server->metrics_.get(), server->coordinator_store_.get(),
+                        server->detector_.get(), options.sla_targets);
     if (server->cluster_service_ != nullptr) {
       server->cluster_metrics_ = std::make_unique<ClusterMetrics>(server->metrics_.get());
       server->cluster_service_->SetMetrics(server->cluster_metrics_.get());
@@ -193,6 +199,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (server->coordinator_service_ != nullptr) {
     builder.RegisterService(server->coordinator_service_.get());
     builder.RegisterService(server->detector_service_.get());
+    builder.RegisterService(server->report_service_.get());
   }
   if (server->cluster_service_ != nullptr) {
     builder.RegisterService(server->cluster_service_.get());
@@ -262,6 +269,11 @@ absl::Status Server::StartHttp(const ServerOptions& options) {
     return HttpResponse{.content_type = metrics::MetricsRegistry::kContentType,
                         .body = m->Render()};
   });
+  if (coordinator_store_ != nullptr) {
+    http_->Handle("/report", [this](const HttpRequest& req) {
+      return ReportPage(coordinator_store_.get(), detector_.get(), sla_targets_, req);
+    });
+  }
   http_->Handle("/", [h = http_.get(), role = role_](const HttpRequest&) {
     std::string body = absl::StrCat(
         "<!doctype html>\n<html><head><title>snapback-server</title></head><body>\n"

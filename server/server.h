@@ -58,8 +58,10 @@
 #include "server/http_server.h"
 #include "server/node_agent.h"
 #include "server/peers.h"
+#include "server/report_service.h"
 #include "server/server_metrics.h"
 #include "server/storage_service.h"
+#include "sla/sla_report.h"
 #include "storage/catalog.h"
 #include "storage/chunk_store.h"
 
@@ -118,6 +120,10 @@ struct ServerOptions {
   // lease expiry, chunk deletion); zero = only when asked over gRPC.
   // Default: 5 min
   absl::Duration gc_interval = absl::Minutes(5);
+  // Targets the SLA report checks (ReportService, /report).
+  // Default: sla::DefaultTargets() (MTTR 5 min, lost work 10 min, MTTD 1 min,
+  // goodput 95 %)
+  v1::SlaTargets sla_targets = sla::DefaultTargets();
   // Threads that run coordinator calls (each may wait for an fsync or a
   // storage node, so several let independent calls proceed).
   // Default: 4
@@ -249,6 +255,8 @@ class Server {
   std::unique_ptr<StoreJobDirectory> job_directory_;
   std::unique_ptr<detector::Detector> detector_;
   std::unique_ptr<DetectorServiceImpl> detector_service_;
+  std::unique_ptr<ReportServiceImpl> report_service_;
+  v1::SlaTargets sla_targets_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<HttpServer> http_;
   int port_ = 0;

@@ -97,8 +97,10 @@ std::string Axis(int64_t from, int64_t to, int y) {
                       kLeft, y, kW - kRight, y);
   for (int i = 0; i <= 4; ++i) {
     const int64_t t = from + (to - from) * i / 4;
+    const char* anchor = i == 0 ? "start" : i == 4 ? "end" : "middle";
     absl::StrAppendFormat(
-        &s, "<text class=\"tick\" x=\"%.1f\" y=\"%d\">%s</text>", X(t, from, to), y + 14,
+        &s, "<text class=\"tick\" text-anchor=\"%s\" x=\"%.1f\" y=\"%d\">%s</text>",
+        anchor, X(t, from, to), y + 14,
         absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(t), absl::UTCTimeZone()));
   }
   return s;
@@ -193,21 +195,27 @@ std::string Histogram(const std::string& id, const v1::Distribution& d,
   auto fmt = [&](double v) {
     return seconds ? Dur(v) : absl::StrFormat("%.0f %s", v, unit);
   };
+  // Labels stay inside the chart (left of the line near the right edge),
+  // p90's a row below p50's.
+  int row = 0;
   for (auto [cls, v, name] :
        {std::tuple{"p50", d.p50(), "p50"}, std::tuple{"p90", d.p90(), "p90"}}) {
     const double x = kLeft + v / max * (kW - kLeft - kRight) * (bins - 0.001) / bins;
     absl::StrAppendFormat(
         &s,
         "<line class=\"%s\" x1=\"%.1f\" y1=\"20\" x2=\"%.1f\" y2=\"%d\"/>"
-        "<text class=\"mark\" x=\"%.1f\" y=\"16\">%s %s</text>",
-        cls, x, x, bottom, x + 3, name, fmt(v));
+        "<text class=\"mark\" text-anchor=\"%s\" x=\"%.1f\" y=\"%d\">%s %s</text>",
+        cls, x, x, bottom, x > kW - 160 ? "end" : "start", x > kW - 160 ? x - 4 : x + 4,
+        14 + 12 * row++, name, fmt(v));
   }
-  absl::StrAppendFormat(&s,
-                        "<line class=\"axis\" x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>"
-                        "<text class=\"tick\" x=\"%d\" y=\"%d\">0</text>"
-                        "<text class=\"tick\" x=\"%d\" y=\"%d\">%s</text></svg>",
-                        kLeft, bottom, kW - kRight, bottom, kLeft, bottom + 14,
-                        kW - kRight - 60, bottom + 14, fmt(max));
+  absl::StrAppendFormat(
+      &s,
+      "<line class=\"axis\" x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>"
+      "<text class=\"tick\" x=\"%d\" y=\"%d\">0</text>"
+      "<text class=\"tick\" text-anchor=\"end\" x=\"%d\" y=\"%d\">%s</text>"
+      "</svg>",
+      kLeft, bottom, kW - kRight, bottom, kLeft, bottom + 14, kW - kRight, bottom + 14,
+      fmt(max));
   return s;
 }
 
@@ -236,8 +244,8 @@ std::string Series(const std::string& id,
     absl::StrAppendFormat(
         &s,
         "<line class=\"target\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>"
-        "<text class=\"mark\" x=\"%d\" y=\"%.1f\">target %s</text>",
-        kLeft, Y(target), kW - kRight, Y(target), kW - kRight - 90, Y(target) - 4,
+        "<text class=\"mark\" text-anchor=\"end\" x=\"%d\" y=\"%.1f\">target %s</text>",
+        kLeft, Y(target), kW - kRight, Y(target), kW - kRight, Y(target) - 4,
         ratio ? Pct(target) : Dur(target));
   }
   absl::StrAppendFormat(&s,
@@ -460,7 +468,8 @@ std::string ReportToJson(const v1::SlaReport& report) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
   options.always_print_primitive_fields = true;
-  options.preserve_proto_field_names = false;
+  options.preserve_proto_field_names =
+      true;  // as snapbackctl --json prints every message
   std::string out;
   if (!google::protobuf::util::MessageToJsonString(report, &out, options).ok())
     return "{}";

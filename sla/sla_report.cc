@@ -69,6 +69,14 @@ std::string KindOf(const std::string& detail) {
   return "other";
 }
 
+// An interval for the advice line: "0.35 s", "14 s", "6.5 min", "2.1 h".
+std::string HumanInterval(double s) {
+  if (s < 10) return absl::StrFormat("%.2g s", s);
+  if (s < 600) return absl::StrFormat("%.0f s", s);
+  if (s < 7200) return absl::StrFormat("%.1f min", s / 60);
+  return absl::StrFormat("%.1f h", s / 3600);
+}
+
 double Seconds(int64_t from_ms, int64_t to_ms) {
   return static_cast<double>(to_ms - from_ms) / kMs;
 }
@@ -469,13 +477,13 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
     } else {
       const double gain = a->expected_ettr_recommended() - a->expected_ettr_current();
       a->set_summary(absl::StrFormat(
-          "checkpoint every %.0f s%s instead of every %.0f s%s: expected ETTR %.1f %% -> "
+          "checkpoint every %s%s instead of every %s%s: expected ETTR %.1f %% -> "
           "%.1f %% (%+.1f points)%s",
-          a->recommended_interval_seconds(),
+          HumanInterval(a->recommended_interval_seconds()),
           a->recommended_interval_steps() > 0
               ? absl::StrCat(" (", a->recommended_interval_steps(), " steps)")
               : "",
-          delta,
+          HumanInterval(delta),
           a->current_interval_steps() > 0
               ? absl::StrCat(" (", a->current_interval_steps(), " steps)")
               : "",

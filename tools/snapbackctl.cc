@@ -21,6 +21,8 @@
 //   incidents JOB                     the failure detector's incident log
 //   nodes                             storage cluster: node states, space, replica state
 //   audit                             every operator action: who, when, why, outcome
+//   report JOB [--since D] [--html F] the recovery SLA report (docs/sla.md): Markdown,
+//                                     JSON with --json, and an HTML page with --html
 //
 // Exit codes (docs/operators.md): 0 done; 1 the server refused or failed
 // (the message says why and what to do); 2 bad command line; 3 the
@@ -32,7 +34,6 @@
 #include <cstdio>
 #include <map>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -40,7 +41,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
@@ -50,6 +50,8 @@
 #include "snapback/v1/coordinator.grpc.pb.h"
 #include "snapback/v1/detector.grpc.pb.h"
 #include "tools/progress_bar.h"
+#include "tools/snapbackctl_report.h"
+#include "tools/verify_stream.h"
 
 ABSL_FLAG(
     std::string, endpoint, "",
@@ -64,6 +66,11 @@ ABSL_FLAG(bool, force, false, "delete: also the latest committed or a pinned che
 ABSL_FLAG(bool, keep_target, false,
           "restore: keep the step as the restore target after the restart (default: "
           "cleared once the restart is ordered, so later checkpoints take over)");
+ABSL_FLAG(std::string, html, "",
+          "report: also write the self-contained HTML page to FILE");
+ABSL_FLAG(
+    absl::Duration, since, absl::ZeroDuration(),
+    "report: only the last DURATION (e.g. 24h; default: since the job's first run)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30),
           "deadline of each call (verify: the longest silence between two progress "
           "messages)");
@@ -80,11 +87,14 @@ constexpr char kUsage[] =
     "          delete JOB STEP --reason R [--force] | gc |\n"
     "          restore JOB --step N --reason R [--keep-target] | restart JOB --reason R "
     "|\n"
-    "          incidents JOB | nodes | audit | verify JOB [STEP] [--reason R]\n"
+    "          incidents JOB | nodes | audit | verify JOB [STEP] [--reason R] |\n"
+    "          report JOB [--since 24h] [--html FILE]\n"
     "\n"
     "verify reads and verifies every chunk of every rank of the step (of every\n"
     "committed checkpoint without STEP), with a progress bar on stderr, prints a\n"
     "result per checkpoint (ok, repaired, DAMAGED) and marks damaged ones.\n"
+    "report prints the job's recovery SLA report (incidents, MTTD/MTTR, lost work,\n"
+    "goodput, durability lag, compliance; docs/sla.md) and writes it as HTML too.\n"
     "\n"
     "The operator's view of a snapback coordinator. Exit codes: 0 done, 1 refused or\n"
     "failed by the server, 2 bad command line, 3 coordinator unreachable, 4 not found,\n"
@@ -604,55 +614,12 @@ class Ctl {
     req.set_reason(absl::GetFlag(FLAGS_reason));
     const std::string what = step < 0 ? absl::StrCat("verifying job ", job)
                                       : absl::StrCat("verifying ", job, "@", step);
-    // No deadline for the whole call (a large job takes a while); instead
-    // the coordinator must not fall silent for longer than --timeout.
-    grpc::ClientContext ctx;
-    const absl::Duration idle = absl::GetFlag(FLAGS_timeout);
-    absl::Mutex mu;
-    absl::Time last = absl::Now();
-    bool over = false, silent = false;
-    std::thread watchdog([&] {
-      absl::MutexLock lock(&mu);
-      while (!over) {
-        mu.AwaitWithDeadline(absl::Condition(&over), last + idle);
-        if (!over && absl::Now() >= last + idle) {
-          silent = true;
-          ctx.TryCancel();
-          return;
-        }
-      }
-    });
-    auto reader = coordinator_->VerifyCheckpoint(&ctx, req);
     snapback::tools::ProgressBar bar(stderr, isatty(fileno(stderr)) == 1);
-    v1::VerifyProgress p, final;
-    bool started = false;
-    while (reader->Read(&p)) {
-      {
-        absl::MutexLock lock(&mu);
-        last = absl::Now();
-      }
-      started = true;
-      std::string label = absl::StrCat("verify ", job);
-      if (p.current_step() >= 0) absl::StrAppend(&label, "@", p.current_step());
-      absl::StrAppend(&label, " (", p.checkpoints_done(), "/", p.checkpoints_total(),
-                      ")");
-      std::string extra;
-      if (p.bad_chunks_found() > 0) absl::StrAppend(&extra, p.bad_chunks_found(), " bad");
-      if (p.repaired_chunks() > 0) {
-        absl::StrAppend(&extra, extra.empty() ? "" : ", ", p.repaired_chunks(),
-                        " repaired");
-      }
-      bar.Update(p.bytes_verified(), p.bytes_total(), label, extra);
-      if (p.final()) final = p;
-    }
-    grpc::Status s = reader->Finish();
-    {
-      absl::MutexLock lock(&mu);
-      over = true;
-    }
-    watchdog.join();
-    if (started) bar.Finish();
-    if (silent) {
+    const absl::Duration idle = absl::GetFlag(FLAGS_timeout);
+    snapback::tools::VerifyStreamResult got =
+        snapback::tools::StreamVerify(coordinator_.get(), req, idle, &bar);
+    const v1::VerifyProgress& final = got.final;
+    if (got.silent) {
       std::fprintf(
           stderr,
           "%s: %s: no progress from the coordinator for %s (--timeout); check it "
@@ -660,7 +627,7 @@ class Ctl {
           kProgram, what.c_str(), absl::FormatDuration(idle).c_str());
       return kUnreachable;
     }
-    if (!s.ok()) return Fail(s, what);
+    if (!got.status.ok()) return Fail(got.status, what);
     if (!final.final())
       return Fail(
           grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended without a result"),
@@ -795,7 +762,18 @@ int main(int argc, char** argv) {
     }
     return ctl.Verify(args[1], args.size() == 3 ? ParseStep(args[2]) : -1);
   }
+  if (cmd == "report") {
+    want(1, "JOB [--since 24h] [--json] [--html FILE]");
+    snapback::ctl::ReportCommand rc{.job = args[1],
+                                    .since = absl::GetFlag(FLAGS_since),
+                                    .json = ctl.json_,
+                                    .html_path = absl::GetFlag(FLAGS_html),
+                                    .timeout = absl::GetFlag(FLAGS_timeout)};
+    if (rc.since < absl::ZeroDuration())
+      Usage("--since must be a positive duration, e.g. 24h");
+    return snapback::ctl::RunReport(*channel, rc, Fail);
+  }
   Usage(absl::StrCat("unknown command '", cmd,
                      "'; use jobs, checkpoints, show, pin, unpin, delete, gc, restore, "
-                     "restart, incidents, nodes, audit or verify"));
+                     "restart, incidents, nodes, audit, verify or report"));
 }
