@@ -54,6 +54,9 @@
 //   manifest_validation.{h,cc}  request checks that need no stored state
 //   options.{h,cc}        CoordinatorOptions
 //   chunk_tier.{h,cc}     the storage tier as the coordinator sees it
+//   verify.{h,cc}         CheckpointVerifier: VerifyCheckpoint batch by batch
+//                         (VerifyTargets and RecordVerification are in
+//                         checkpoints.cc)
 // The distributed tier adds its parts beside these: the node map (storage
 // nodes, their liveness and capacity) in node_map.{h,cc}, chunk placement
 // (rendezvous hashing over live nodes, R > 1) in placement.{h,cc} behind

@@ -1,6 +1,7 @@
 #include "tools/progress_bar.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -31,7 +32,8 @@ std::string ProgressBar::Describe(uint64_t done, uint64_t total, absl::Duration 
   if (done >= total) {
     eta = "0s";
   } else if (rate > 0) {
-    eta = Eta(absl::Seconds(static_cast<double>(total - done) / rate));
+    // Rounded up: "0s" only when done.
+    eta = Eta(absl::Seconds(std::ceil(static_cast<double>(total - done) / rate)));
   }
   return absl::StrFormat("%3.0f%% %.1f/%.1f MB, %.1f MB/s, ETA %s", pct, done / 1e6,
                          total / 1e6, rate / 1e6, eta);
