@@ -366,6 +366,9 @@ std::string RenderHtml(const v1::SlaReport& r) {
   std::string s = absl::StrCat(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+      // No favicon request (the live page's server has none: a 404 a
+      // browser would log).
+      "<link rel=\"icon\" href=\"data:,\">"
       "<title>snapback SLA report: ",
       Esc(r.job_id()), "</title><style>", kStyle, "</style></head><body>\n");
   absl::StrAppend(&s, "<h1>Recovery SLA report: job ", Esc(r.job_id()), "</h1>");
