@@ -225,12 +225,18 @@ class Ctl {
       PrintJson(resp);
       return kOk;
     }
-    std::printf("%10s %-10s %12s %6s %7s %6s %7s %8s  %s\n", "STEP", "STATE", "SIZE",
-                "AGE", "PINNED", "COPIES", "DAMAGED", "VERIFIED", "NOTE");
+    // LOGICAL: the tensors' bytes; NEW: what had to be sent (changed and not
+    // on the tier yet); SENT: NEW encoded, as it went over the wire and is
+    // stored, COPIES times.
+    std::printf("%10s %-10s %10s %10s %10s %6s %7s %6s %7s %8s  %s\n", "STEP", "STATE",
+                "LOGICAL", "NEW", "SENT", "AGE", "PINNED", "COPIES", "DAMAGED",
+                "VERIFIED", "NOTE");
     for (const v1::CheckpointInfo& c : resp.checkpoints()) {
       std::printf(
-          "%10lld %-10s %12s %6s %7s %6d %7s %8s  %s\n", static_cast<long long>(c.step()),
-          v1::CheckpointState_Name(c.state()).c_str(), Mb(c.logical_bytes()).c_str(),
+          "%10lld %-10s %10s %10s %10s %6s %7s %6d %7s %8s  %s\n",
+          static_cast<long long>(c.step()), v1::CheckpointState_Name(c.state()).c_str(),
+          Mb(c.logical_bytes()).c_str(), Mb(c.new_bytes()).c_str(),
+          Mb(c.sent_bytes()).c_str(),
           Age(c.state() == v1::COMMITTED ? c.committed_unix_ms() : c.created_unix_ms())
               .c_str(),
           c.pinned() ? "yes" : "", std::max(1, c.replication()),
