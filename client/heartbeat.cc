@@ -20,7 +20,9 @@ void Heartbeater::SetStep(int64_t step) {
   const bool eager = eager_step_.exchange(false);
   if (!eager && options_.step_report_gap <= absl::ZeroDuration()) return;
   absl::MutexLock lock(&mu_);
-  wake_ = true;
+  // Wake the thread only when a step becomes pending (or must go now): with
+  // 1 ms steps it wakes at most once per gap, not once per step.
+  if (!step_pending_ || eager) wake_ = true;
   step_pending_ = true;
   urgent_ = urgent_ || eager;
 }

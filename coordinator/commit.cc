@@ -433,7 +433,12 @@ absl::StatusOr<v1::CommitRankResponse> CoordinatorStore::FinishCommit(
   ckpt.set_logical_bytes(ckpt.logical_bytes() + logical_bytes);
   // The client's own account of what the save cost (informational).
   if (req.has_stats()) {
-    const v1::SaveStats& st = req.stats();
+    // Figures past the checkpoint lease (a save idle that long is aborted)
+    // are bogus or skewed: cut to it, so one rank cannot warp the report.
+    v1::SaveStats st = req.stats();
+    const int64_t max_us = absl::ToInt64Microseconds(options_.checkpoint_lease);
+    st.set_blocked_us(std::clamp<int64_t>(st.blocked_us(), 0, max_us));
+    st.set_to_durable_us(std::clamp<int64_t>(st.to_durable_us(), 0, max_us));
     ckpt.set_new_bytes(ckpt.new_bytes() + st.new_bytes());
     ckpt.set_sent_bytes(ckpt.sent_bytes() + st.sent_bytes());
     ckpt.set_max_blocked_us(

@@ -135,12 +135,16 @@ void Detector::Persist(const std::string& job_id, Job& job) {
     v1::JobRun& run = job.run;
     const int64_t now = absl::ToUnixMillis(clock_->Now());
     const JobState st = job.monitor->state();
-    for (const JobMonitor::RankView& r : job.monitor->Ranks()) {
-      if (!r.seen) continue;
-      if (run.started_unix_ms() == 0) run.set_started_unix_ms(now);
-      if (r.step >= 0 && run.first_step_unix_ms() == 0) {
-        run.set_first_step_unix_ms(now);
-        run.set_first_step(r.step);
+    // Only until the first step: after it, Persist (run on every beat)
+    // costs O(1) here, not a scan of every rank.
+    if (run.first_step_unix_ms() == 0) {
+      for (const JobMonitor::RankView& r : job.monitor->Ranks()) {
+        if (!r.seen) continue;
+        if (run.started_unix_ms() == 0) run.set_started_unix_ms(now);
+        if (r.step >= 0 && run.first_step_unix_ms() == 0) {
+          run.set_first_step_unix_ms(now);
+          run.set_first_step(r.step);
+        }
       }
     }
     if (run.started_unix_ms() != 0 && run.ended_unix_ms() == 0 &&
@@ -152,12 +156,13 @@ void Detector::Persist(const std::string& job_id, Job& job) {
       std::string bytes = run.SerializeAsString();
       if (bytes != job.persisted_run) {
         absl::Status s = jobs_->PutJobRun(run);
-        if (s.ok()) {
-          job.persisted_run = std::move(bytes);
-        } else {
+        if (!s.ok()) {
+          // Not fatal; the run's next change writes it again (not every
+          // heartbeat: a failing store must not cost a synced write each).
           Log(absl::StrCat("job ", job_id, ": could not log run ", run.run(), ": ",
                            s.ToString()));
         }
+        job.persisted_run = std::move(bytes);
       }
     }
   }

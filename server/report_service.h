@@ -51,6 +51,8 @@ class ReportServiceImpl final : public v1::ReportService::CallbackService {
   ReportServiceImpl(coordinator::CoordinatorStore* store, detector::Detector* detector,
                     v1::SlaTargets targets, ThreadPool* pool);
   ~ReportServiceImpl() override;  // waits for calls in flight
+  // Waits until no call is in flight or `deadline`; true when idle.
+  bool WaitIdle(absl::Time deadline = absl::InfiniteFuture());
 
   grpc::ServerUnaryReactor* GetReport(grpc::CallbackServerContext* ctx,
                                       const v1::GetReportRequest* req,

@@ -335,6 +335,7 @@ void Server::Shutdown(absl::Duration grace) {
   if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle(deadline);
   if (cluster_service_ != nullptr) cluster_service_->WaitIdle(deadline);
   if (detector_service_ != nullptr) detector_service_->WaitIdle(deadline);
+  if (report_service_ != nullptr) report_service_->WaitIdle(deadline);
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   }
@@ -344,6 +345,7 @@ void Server::Shutdown(absl::Duration grace) {
   if (coordinator_service_ != nullptr) coordinator_service_->WaitIdle();
   if (cluster_service_ != nullptr) cluster_service_->WaitIdle();
   if (detector_service_ != nullptr) detector_service_->WaitIdle();
+  if (report_service_ != nullptr) report_service_->WaitIdle();
   if (gc_thread_.joinable()) gc_thread_.join();
   shutdown_done_.Notify();
 }

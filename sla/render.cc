@@ -96,7 +96,7 @@ std::string Axis(int64_t from, int64_t to, int y) {
       absl::StrFormat("<line class=\"axis\" x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>",
                       kLeft, y, kW - kRight, y);
   for (int i = 0; i <= 4; ++i) {
-    const int64_t t = from + (to - from) * i / 4;
+    const int64_t t = from + static_cast<int64_t>(static_cast<double>(to - from) * i / 4);
     const char* anchor = i == 0 ? "start" : i == 4 ? "end" : "middle";
     absl::StrAppendFormat(
         &s, "<text class=\"tick\" text-anchor=\"%s\" x=\"%.1f\" y=\"%d\">%s</text>",
@@ -180,7 +180,7 @@ std::string Histogram(const std::string& id, const v1::Distribution& d,
   const double max = std::max(d.max(), 1e-9);
   std::vector<int> count(bins, 0);
   for (double v : d.values()) {
-    ++count[std::min(bins - 1, static_cast<int>(v / max * bins))];
+    ++count[std::clamp(static_cast<int>(v / max * bins), 0, bins - 1)];
   }
   const int most = *std::max_element(count.begin(), count.end());
   const double bw = static_cast<double>(kW - kLeft - kRight) / bins;

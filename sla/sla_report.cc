@@ -69,6 +69,12 @@ std::string KindOf(const std::string& detail) {
   return "other";
 }
 
+// The p-th of `points` evenly spaced times in [from, to] (in double: no
+// overflow for any window).
+int64_t At(int64_t from, int64_t to, int p, int points) {
+  return from + static_cast<int64_t>(static_cast<double>(to - from) * p / points);
+}
+
 // An interval for the advice line: "0.35 s", "14 s", "6.5 min", "2.1 h".
 std::string HumanInterval(double s) {
   if (s < 10) return absl::StrFormat("%.2g s", s);
@@ -77,8 +83,10 @@ std::string HumanInterval(double s) {
   return absl::StrFormat("%.1f h", s / 3600);
 }
 
+// to - from, never negative (the timestamps are the coordinator's wall
+// clock, which an NTP step can move backwards).
 double Seconds(int64_t from_ms, int64_t to_ms) {
-  return static_cast<double>(to_ms - from_ms) / kMs;
+  return std::max(0.0, static_cast<double>(to_ms - from_ms) / kMs);
 }
 
 // The median seconds per step, from consecutive committed checkpoints of one
@@ -133,6 +141,7 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
   // The time the job ran: its runs (a run without an end ends where the
   // next begins, or now).
   std::vector<std::pair<int64_t, int64_t>> spans;
+  std::vector<int64_t> run_end(in.runs.size(), 0);
   for (size_t i = 0; i < in.runs.size(); ++i) {
     const v1::JobRun& run = in.runs[i];
     if (run.started_unix_ms() <= 0) continue;
@@ -142,7 +151,8 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
                 ? in.runs[i + 1].started_unix_ms()
                 : in.now_unix_ms;
     }
-    spans.emplace_back(run.started_unix_ms(), std::max(end, run.started_unix_ms()));
+    run_end[i] = std::max(end, run.started_unix_ms());
+    spans.emplace_back(run.started_unix_ms(), run_end[i]);
   }
   if (spans.empty() && !committed.empty()) {
     // No run log (a job older than it): from its first checkpoint.
@@ -170,12 +180,15 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
   auto add = [&](int64_t a, int64_t b, Bucket k) {
     if (a > 0 && b > a) bad.push_back({a, b, k});
   };
-  for (const v1::JobRun& run : in.runs) {
+  for (size_t i = 0; i < in.runs.size(); ++i) {
+    const v1::JobRun& run = in.runs[i];
+    // Startup until the run's first step, never past the run's end (a run
+    // cut short by a coordinator restart before its first step ends where
+    // the next run begins).
     if (run.started_unix_ms() > 0) {
       add(run.started_unix_ms(),
-          run.first_step_unix_ms() > 0
-              ? run.first_step_unix_ms()
-              : (run.ended_unix_ms() > 0 ? run.ended_unix_ms() : in.now_unix_ms),
+          run.first_step_unix_ms() > 0 ? std::min(run.first_step_unix_ms(), run_end[i])
+                                       : run_end[i],
           kStartup);
     }
   }
@@ -228,10 +241,18 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
     x->set_restore_source(i.restored_step() < 0     ? (x->closed() ? "none" : "")
                           : x->kind() == "operator" ? "operator target"
                                                     : "latest committed");
+    // When the ranks moved on from the restored step: the Begin of its save
+    // plus the save's blocking stall (the upload went on beside training,
+    // so the commit came later than that and would undercount).
     auto it = by_step.find(i.restored_step());
-    const int64_t restored_commit =
-        it != by_step.end() ? it->second->committed_unix_ms() : int64_t{0};
-    x->set_restored_step_committed_unix_ms(restored_commit);
+    const v1::CheckpointInfo* restored_ckpt = it != by_step.end() ? it->second : nullptr;
+    const int64_t restored_saved =
+        restored_ckpt != nullptr
+            ? restored_ckpt->created_unix_ms() + restored_ckpt->max_blocked_us() / 1000
+            : int64_t{0};
+    x->set_restored_step_committed_unix_ms(
+        restored_ckpt != nullptr ? restored_ckpt->committed_unix_ms() : 0);
+    x->set_restored_step_saved_unix_ms(restored_saved);
 
     x->set_mttd_seconds(i.detected_unix_ms() > 0 ? Seconds(fault, i.detected_unix_ms())
                                                  : -1);
@@ -243,14 +264,14 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
     x->set_restore_seconds(i.restored_unix_ms() > 0 && i.ranks_back_unix_ms() > 0
                                ? Seconds(i.ranks_back_unix_ms(), i.restored_unix_ms())
                                : -1);
-    // Lost work: what was done after the restored step's save, up to the
-    // fault. An operator's forced restore loses it on purpose, and is
-    // counted all the same (the report says which incidents were operators).
+    // Lost work: what was done after the restored step, up to the fault. An operator's
+    // forced restore loses it on purpose, and is counted all the same (the report says
+    // which incidents were operators).
     int64_t wasted_from = 0;
     if (i.restored_step() >= 0) {
       x->set_lost_steps(std::max<int64_t>(0, i.last_step() - i.restored_step()));
-      if (restored_commit > 0) {
-        wasted_from = std::min(restored_commit, fault);
+      if (restored_saved > 0) {
+        wasted_from = std::min(restored_saved, fault);
       } else if (step_seconds > 0) {
         wasted_from = fault - static_cast<int64_t>(static_cast<double>(x->lost_steps()) *
                                                    step_seconds * kMs);
@@ -285,7 +306,7 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
 
     if (x->mttd_seconds() >= 0) mttd.push_back(x->mttd_seconds());
     if (x->closed()) {
-      mttr.push_back(x->mttr_seconds());
+      if (x->mttr_seconds() >= 0) mttr.push_back(x->mttr_seconds());
       recover.push_back(x->time_to_recover_seconds());
       if (x->restore_seconds() >= 0) restore.push_back(x->restore_seconds());
       if (x->lost_steps() >= 0)
@@ -332,7 +353,7 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
   }
   const int points = std::max(2, in.series_points);
   for (int p = 1; p <= points; ++p) {
-    events.push_back({from + (to - from) * p / points, kBuckets + 1, 0});
+    events.push_back({At(from, to, p, points), kBuckets + 1, 0});
   }
   std::sort(events.begin(), events.end(), [](const Event& a, const Event& b) {
     return a.at != b.at ? a.at < b.at : a.kind > b.kind;  // samples after changes at `at`
@@ -409,7 +430,7 @@ v1::SlaReport ComputeReport(const ReportInput& in) {
     r.set_durability_lag_max_seconds(max_lag);
     r.set_durability_lag_mean_seconds(to > from ? area / Seconds(from, to) : 0);
     for (int p = 0; p <= points; ++p) {
-      const int64_t at = from + (to - from) * p / points;
+      const int64_t at = At(from, to, p, points);
       v1::Point* pt = r.add_durability_lag_over_time();
       pt->set_unix_ms(at);
       pt->set_value(lag_at(at));

@@ -28,13 +28,12 @@ std::string ProgressBar::Describe(uint64_t done, uint64_t total, absl::Duration 
   const double pct = total == 0 ? 100.0 : 100.0 * static_cast<double>(done) / total;
   const double secs = absl::ToDoubleSeconds(elapsed);
   const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
-  std::string eta = "-";
-  if (done >= total) {
-    eta = "0s";
-  } else if (rate > 0) {
-    // Rounded up: "0s" only when done.
-    eta = Eta(absl::Seconds(std::ceil(static_cast<double>(total - done) / rate)));
-  }
+  // Rounded up: "0s" only when done. (One initialisation: GCC 12 at -O2
+  // warns about assigning short literals to a std::string here.)
+  const std::string eta =
+      done >= total ? std::string("0s")
+      : rate > 0 ? Eta(absl::Seconds(std::ceil(static_cast<double>(total - done) / rate)))
+                 : std::string("-");
   return absl::StrFormat("%3.0f%% %.1f/%.1f MB, %.1f MB/s, ETA %s", pct, done / 1e6,
                          total / 1e6, rate / 1e6, eta);
 }
