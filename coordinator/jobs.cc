@@ -8,6 +8,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator_store.h"
 #include "coordinator/keys.h"
@@ -235,15 +237,33 @@ absl::Status CoordinatorStore::Fence(const v1::RankRef& ref, JobInfo* job) {
   job->set_incarnation(ref.incarnation());
   SNAPBACK_ASSIGN_OR_RETURN(std::vector<CheckpointInfo> ckpts,
                             LoadCheckpoints(job->job_id()));
+  // A run that restores an operator's target rolls the job back: the older
+  // runs' committed checkpoints after the target belong to an abandoned
+  // timeline. They are retired (deleted, pinned ones kept), so the new run's
+  // saves of those steps do not collide with them and "latest" can never
+  // name one again once the target is cleared.
+  const int64_t target = job->restore_target();
+  std::vector<int64_t> retired;
   for (CheckpointInfo& ckpt : ckpts) {
     if (ckpt.state() == v1::WRITING && ckpt.incarnation() < ref.incarnation()) {
       SNAPBACK_RETURN_IF_ERROR(
           AbortInTxn(&txn, std::move(ckpt),
                      absl::StrCat("superseded by incarnation ", ref.incarnation())));
+    } else if (target >= 0 && ckpt.state() == v1::COMMITTED && ckpt.step() > target &&
+               ckpt.incarnation() < ref.incarnation() && !ckpt.pinned()) {
+      SNAPBACK_RETURN_IF_ERROR(DeleteCommittedInTxn(&txn, ckpt, job));
+      retired.push_back(ckpt.step());
     }
   }
   txn.batch.Put(JobKey(job->job_id()), job->SerializeAsString());
-  return txn.Write();
+  SNAPBACK_RETURN_IF_ERROR(txn.Write());
+  if (!retired.empty()) {
+    SNAPBACK_LOG(Info,
+                 "job %s: incarnation %d restores the operator's target step %d; retired "
+                 "the later checkpoints of the abandoned timeline: steps %s",
+                 job->job_id(), ref.incarnation(), target, absl::StrJoin(retired, ", "));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace snapback::coordinator

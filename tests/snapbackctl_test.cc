@@ -450,6 +450,17 @@ TEST(SnapbackctlRestoreTest, ForcedRestoreRestartsTheJobAtTheChosenStep) {
   CtlRun incidents = Ctl(endpoint, {"--json", "incidents", "forced"});
   EXPECT_TRUE(absl::StrContains(incidents.out, "\"restored_step\": \"10\""))
       << incidents.out;
+  // The operator's restore was the only incident: the new run's saves of
+  // steps 15, 20, ... did not collide with the abandoned timeline's.
+  EXPECT_EQ(Count(incidents.out, "\"seq\":"), 1) << incidents.out;
+  // Its later checkpoints continue from step 10: every step after 10 is the
+  // new incarnation's (2), none the old timeline's.
+  CtlRun ckpts = Ctl(endpoint, {"--json", "checkpoints", "forced"});
+  ASSERT_EQ(ckpts.code, 0);
+  EXPECT_EQ(Count(ckpts.out, "\"incarnation\": \"1\""),
+            Count(ckpts.out, "\"step\": \"5\"") + Count(ckpts.out, "\"step\": \"10\""))
+      << ckpts.out;
+  EXPECT_TRUE(absl::StrContains(ckpts.out, "\"step\": \"60\"")) << ckpts.out;
   CtlRun jobs = Ctl(endpoint, {"--json", "jobs"});
   EXPECT_TRUE(absl::StrContains(jobs.out, "\"restore_target\": \"-1\"")) << jobs.out;
   CtlRun audit = Ctl(endpoint, {"audit"});
