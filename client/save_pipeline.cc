@@ -414,8 +414,12 @@ absl::Status SavePipeline::Commit(SaveJob* job, bool* committed) {
     // What this save cost, for the coordinator's SLA report and metrics.
     // Save() has returned by now unless it blocks until the commit (then
     // it has blocked the caller for the whole save so far).
-    absl::MutexLock lock(&job->state->mu);
-    const SaveStats& st = job->state->stats;
+    SaveHandle::State* state = job->state.get();
+    SaveStats st;
+    {
+      absl::MutexLock lock(&state->mu);
+      st = state->stats;
+    }
     v1::SaveStats* out = req.mutable_stats();
     out->set_logical_bytes(st.logical_bytes);
     out->set_new_bytes(st.new_bytes);

@@ -16,6 +16,9 @@ namespace snapback::server {
 
 namespace {
 
+// How long the goodput gauges reuse the reports they computed.
+constexpr absl::Duration kFresh = absl::Seconds(10);
+
 // The report of one job, `watched` being the detector's WatchedJobStates()
 // (asked once by callers that report on many jobs).
 absl::StatusOr<v1::SlaReport> Build(coordinator::CoordinatorStore* store,
@@ -136,7 +139,6 @@ void AddReportCollectors(metrics::MetricsRegistry* registry,
     std::vector<std::tuple<std::string, double, bool>>
         figures;  // job, goodput, compliant
   };
-  constexpr absl::Duration kFresh = absl::Seconds(10);
   auto cache = std::make_shared<Cache>();
   registry->AddCollector([store, detector, targets, cache](metrics::ExpositionWriter& w) {
     absl::MutexLock lock(&cache->mu);  // one computation at a time; others wait for it
