@@ -96,23 +96,8 @@ absl::StatusOr<std::vector<std::vector<std::string>>> ClusterTier::Holders(
       }
     }
   }
-  std::vector<absl::StatusOr<std::vector<bool>>> answers(
-      asked.size(), absl::UnavailableError("not asked"));
-  {
-    std::vector<std::thread> threads;
-    for (size_t n = 0; n < asked.size(); ++n) {
-      threads.emplace_back([&, n] {
-        absl::StatusOr<internal_client::StorageClient*> client =
-            ClientFor(asked[n].second);
-        if (!client.ok()) {
-          answers[n] = client.status();
-          return;
-        }
-        answers[n] = (*client)->Has(ids);
-      });
-    }
-    for (auto& t : threads) t.join();
-  }
+  std::vector<absl::StatusOr<std::vector<bool>>> answers = AskEach<std::vector<bool>>(
+      asked, [&](internal_client::StorageClient& c) { return c.Has(ids); });
   std::vector<std::vector<std::string>> holders(ids.size());
   int answered = 0;
   absl::Status last;
@@ -243,18 +228,8 @@ absl::StatusOr<uint64_t> ClusterTier::Delete(absl::Span<const ChunkId> ids) {
       if (st == v1::NODE_UP || (st == v1::NODE_DRAINING && heard)) must.insert(id);
     }
   }
-  std::vector<absl::StatusOr<int>> results(targets.size(), 0);
-  {
-    std::vector<std::thread> threads;
-    for (size_t n = 0; n < targets.size(); ++n) {
-      threads.emplace_back([&, n] {
-        absl::StatusOr<internal_client::StorageClient*> client =
-            ClientFor(targets[n].second);
-        results[n] = client.ok() ? (*client)->Delete(ids) : client.status();
-      });
-    }
-    for (auto& t : threads) t.join();
-  }
+  std::vector<absl::StatusOr<int>> results = AskEach<int>(
+      targets, [&](internal_client::StorageClient& c) { return c.Delete(ids); });
   uint64_t deleted = 0;
   for (size_t n = 0; n < targets.size(); ++n) {
     if (results[n].ok()) {
@@ -290,19 +265,10 @@ absl::StatusOr<std::vector<ChunkCheck>> ClusterTier::Verify(absl::Span<const Chu
       }
     }
   }
-  std::vector<absl::StatusOr<v1::VerifyChunksResponse>> answers(
-      asked.size(), absl::UnavailableError("not asked"));
-  {
-    std::vector<std::thread> threads;
-    for (size_t n = 0; n < asked.size(); ++n) {
-      threads.emplace_back([&, n] {
-        absl::StatusOr<internal_client::StorageClient*> client =
-            ClientFor(asked[n].second);
-        answers[n] = client.ok() ? (*client)->Verify(ids, deadline) : client.status();
+  std::vector<absl::StatusOr<v1::VerifyChunksResponse>> answers =
+      AskEach<v1::VerifyChunksResponse>(asked, [&](internal_client::StorageClient& c) {
+        return c.Verify(ids, deadline);
       });
-    }
-    for (auto& t : threads) t.join();
-  }
   struct Seen {
     std::vector<std::string> good, bad, lost;  // node ids
   };

@@ -183,6 +183,24 @@ class ClusterTier final : public ChunkTier {
   // Clients to nodes by address (cached).
   absl::StatusOr<internal_client::StorageClient*> ClientFor(const std::string& address);
   std::string AddressOf(const std::string& node_id);
+  // `call(client)` on each (node id, address) of `asked` at once, a thread
+  // each; the answers in the same order (a node without a client: why).
+  template <typename T, typename Call>
+  std::vector<absl::StatusOr<T>> AskEach(
+      const std::vector<std::pair<std::string, std::string>>& asked, const Call& call) {
+    std::vector<absl::StatusOr<T>> answers(asked.size(),
+                                           absl::UnavailableError("not asked"));
+    std::vector<std::thread> threads;
+    for (size_t n = 0; n < asked.size(); ++n) {
+      threads.emplace_back([&, n] {
+        absl::StatusOr<internal_client::StorageClient*> client =
+            ClientFor(asked[n].second);
+        answers[n] = client.ok() ? call(**client) : absl::StatusOr<T>(client.status());
+      });
+    }
+    for (auto& t : threads) t.join();
+    return answers;
+  }
 
   // cluster_tier.cc: the nodes (ids) holding each chunk, asked of every
   // live node and recorded.

@@ -101,65 +101,71 @@ absl::StatusOr<JobInfo> CoordinatorStore::AdvanceIncarnation(absl::string_view j
   return job;
 }
 
-absl::Status CoordinatorStore::PutIncident(const v1::Incident& incident) {
-  SNAPBACK_RETURN_IF_ERROR(ValidJobId(incident.job_id()));
-  if (incident.seq() < 0) return absl::InvalidArgumentError("incident seq must be >= 0");
-  std::string key = IncidentPrefix(incident.job_id());
-  PutBE(&key, static_cast<uint64_t>(incident.seq()), 8);
-  absl::MutexLock lock(&mu_);
+namespace {
+
+// The per-job logs of numbered records (incidents, runs): "<prefix><n:8>".
+// Writes record `n` (synced); the caller holds the store's lock.
+absl::Status PutNumbered(rocksdb::DB* db, std::string key, int64_t n,
+                         const google::protobuf::Message& record,
+                         absl::string_view what) {
+  if (n < 0)
+    return absl::InvalidArgumentError(absl::StrCat(what, " number must be >= 0"));
+  PutBE(&key, static_cast<uint64_t>(n), 8);
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  return FromRocks(db_->Put(wo, Sl(key), incident.SerializeAsString()), "write incident");
+  return FromRocks(db->Put(wo, Sl(key), record.SerializeAsString()),
+                   absl::StrCat("write ", what));
+}
+
+// Every record under `prefix`, in order; the caller holds the store's lock.
+template <typename Proto>
+absl::StatusOr<std::vector<Proto>> ListNumbered(rocksdb::DB* db,
+                                                const std::string& prefix,
+                                                absl::string_view what,
+                                                absl::string_view job_id) {
+  std::vector<Proto> out;
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    Proto record;
+    if (!record.ParseFromArray(it->value().data(),
+                               static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(
+          absl::StrCat("malformed ", what, " record of job ", Quote(job_id)));
+    }
+    out.push_back(std::move(record));
+  }
+  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), absl::StrCat("scan ", what, "s")));
+  return out;
+}
+
+}  // namespace
+
+absl::Status CoordinatorStore::PutIncident(const v1::Incident& incident) {
+  SNAPBACK_RETURN_IF_ERROR(ValidJobId(incident.job_id()));
+  absl::MutexLock lock(&mu_);
+  return PutNumbered(db_.get(), IncidentPrefix(incident.job_id()), incident.seq(),
+                     incident, "incident");
 }
 
 absl::StatusOr<std::vector<v1::Incident>> CoordinatorStore::ListIncidents(
     absl::string_view job_id) {
   SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
   absl::ReaderMutexLock lock(&mu_);
-  const std::string prefix = IncidentPrefix(job_id);
-  std::vector<v1::Incident> out;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    v1::Incident incident;
-    if (!incident.ParseFromArray(it->value().data(),
-                                 static_cast<int>(it->value().size()))) {
-      return absl::DataLossError(
-          absl::StrCat("malformed incident record of job ", Quote(job_id)));
-    }
-    out.push_back(std::move(incident));
-  }
-  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan incidents"));
-  return out;
+  return ListNumbered<v1::Incident>(db_.get(), IncidentPrefix(job_id), "incident",
+                                    job_id);
 }
 
 absl::Status CoordinatorStore::PutJobRun(const v1::JobRun& run) {
   SNAPBACK_RETURN_IF_ERROR(ValidJobId(run.job_id()));
-  if (run.run() < 0) return absl::InvalidArgumentError("job run number must be >= 0");
-  std::string key = JobRunPrefix(run.job_id());
-  PutBE(&key, static_cast<uint64_t>(run.run()), 8);
   absl::MutexLock lock(&mu_);
-  rocksdb::WriteOptions wo;
-  wo.sync = true;
-  return FromRocks(db_->Put(wo, Sl(key), run.SerializeAsString()), "write job run");
+  return PutNumbered(db_.get(), JobRunPrefix(run.job_id()), run.run(), run, "job run");
 }
 
 absl::StatusOr<std::vector<v1::JobRun>> CoordinatorStore::ListJobRuns(
     absl::string_view job_id) {
   SNAPBACK_RETURN_IF_ERROR(ValidJobId(job_id));
   absl::ReaderMutexLock lock(&mu_);
-  const std::string prefix = JobRunPrefix(job_id);
-  std::vector<v1::JobRun> out;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    v1::JobRun run;
-    if (!run.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return absl::DataLossError(
-          absl::StrCat("malformed run record of job ", Quote(job_id)));
-    }
-    out.push_back(std::move(run));
-  }
-  SNAPBACK_RETURN_IF_ERROR(FromRocks(it->status(), "scan job runs"));
-  return out;
+  return ListNumbered<v1::JobRun>(db_.get(), JobRunPrefix(job_id), "job run", job_id);
 }
 
 absl::Status CoordinatorStore::AppendAudit(v1::AuditEntry entry) {
