@@ -29,6 +29,13 @@ using testing::StorageClusterOptions;
 using testing::Subprocess;
 using testing::TempDir;
 
+// The gRPC address in snapback-server's "listening on HOST:PORT (...)" line.
+std::string EndpointOf(const std::string& line) {
+  const std::string key = "listening on ";
+  const std::string rest = line.substr(line.find(key) + key.size());
+  return rest.substr(0, rest.find(' '));
+}
+
 struct CtlRun {
   int code = -1;
   std::string out;
@@ -110,9 +117,7 @@ class SnapbackctlTest : public ::testing::Test {
         "--listen=127.0.0.1:0", "--gc-interval=0s", "--gc-grace=0s"});
     auto line = server_->WaitForLine("snapback-server listening on", absl::Seconds(60));
     ASSERT_TRUE(line.has_value());
-    const std::string key = "listening on ";
-    const std::string rest = line->substr(line->find(key) + key.size());
-    endpoint_ = rest.substr(0, rest.find(' '));
+    endpoint_ = EndpointOf(*line);
   }
 
   std::string data_dir() const { return dir_.path() + "/server"; }
@@ -407,8 +412,7 @@ TEST(SnapbackctlRestoreTest, ForcedRestoreRestartsTheJobAtTheChosenStep) {
                      "--data-dir=" + dir.path() + "/s", "--listen=127.0.0.1:0"});
   auto line = server.WaitForLine("snapback-server listening on", absl::Seconds(60));
   ASSERT_TRUE(line.has_value());
-  const std::string rest = line->substr(line->find("listening on ") + 13);
-  const std::string endpoint = rest.substr(0, rest.find(' '));
+  const std::string endpoint = EndpointOf(*line);
   const std::string progress = dir.path() + "/progress";
   std::filesystem::create_directories(progress);
   testing::Launcher job({Subprocess::BinPath("snapback-launch"),
